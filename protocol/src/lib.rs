@@ -1,0 +1,46 @@
+//! The secure-tunnel wire protocol, shared by the guest module and host-playd.
+//!
+//! Every frame on the byte stream is a little-endian `u32` length followed by
+//! exactly that many bytes holding one bincode-encoded message. The length is
+//! checked against [`MAX_FRAME_LEN`] before anything is allocated, and decoding
+//! never panics on peer input: it returns a [`ProtocolError`].
+//!
+//! `docs/protocol.md` describes every byte; the golden vectors in
+//! `tests/golden.rs` keep the format from drifting.
+#![forbid(unsafe_code)]
+
+mod codec;
+mod error;
+mod messages;
+mod spec;
+
+pub use codec::{encode_frame, read_frame, write_frame, FrameReader, WireMessage};
+pub use error::ProtocolError;
+pub use messages::{Accept, ClockReport, GuestMessage, Hello, HostMessage, RejectReason};
+pub use spec::{SampleFormat, StreamSpec};
+
+/// Version spoken by this build. The guest offers it in [`Hello`]; the host
+/// answers with [`Accept`] (same version) or [`RejectReason::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// First four bytes of every [`Hello`], so that a stray client of another
+/// protocol is recognised at once.
+pub const MAGIC: [u8; 4] = *b"STun";
+
+/// Largest audio payload in one [`GuestMessage::Audio`] frame, in bytes.
+pub const MAX_AUDIO_CHUNK: usize = 64 * 1024;
+
+/// Largest frame payload (the length prefix excluded). An audio chunk plus the
+/// enum tag and the vector length fit with room to spare.
+pub const MAX_FRAME_LEN: u32 = MAX_AUDIO_CHUNK as u32 + 64;
+
+/// Longest stream name in a [`Hello`], in bytes of UTF-8.
+pub const MAX_STREAM_NAME: usize = 128;
+
+/// Longest free-text reason in a reject or goodbye, in bytes of UTF-8.
+pub const MAX_REASON_LEN: usize = 256;
+
+/// Bounds of the target latency a guest may ask for, in microseconds.
+pub const MIN_TARGET_LATENCY_USEC: u32 = 1_000;
+/// See [`MIN_TARGET_LATENCY_USEC`].
+pub const MAX_TARGET_LATENCY_USEC: u32 = 10_000_000;

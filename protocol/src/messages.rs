@@ -1,0 +1,199 @@
+use bincode::{Decode, Encode};
+
+use crate::{
+    ProtocolError, StreamSpec, MAGIC, MAX_AUDIO_CHUNK, MAX_REASON_LEN, MAX_STREAM_NAME,
+    MAX_TARGET_LATENCY_USEC, MIN_TARGET_LATENCY_USEC,
+};
+
+/// The guest's opening message: who it is and what it will send.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Hello {
+    /// Always [`MAGIC`].
+    pub magic: [u8; 4],
+    /// The protocol version the guest speaks.
+    pub version: u16,
+    pub spec: StreamSpec,
+    /// End-to-end latency the guest would like, in microseconds.
+    pub target_latency_usec: u32,
+    /// Human-readable name of the stream (the guest sink's name); the host may
+    /// show it or replace it by policy.
+    pub stream_name: String,
+}
+
+/// The host's acceptance of a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Accept {
+    /// The protocol version both sides now speak.
+    pub version: u16,
+    /// Bytes of audio the host will keep queued ahead of its device: the
+    /// granted share of the target latency.
+    pub buffer_bytes: u32,
+    /// Host monotonic clock at the moment of acceptance, in microseconds. Its
+    /// epoch is the host's own and means nothing to the guest.
+    pub host_time_usec: u64,
+}
+
+/// Why the host refused a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum RejectReason {
+    UnsupportedVersion,
+    UnsupportedFormat,
+    NotAllowed,
+    TooManyClients,
+    BadRequest,
+    ServerError,
+}
+
+/// The host's view of its playback clock, sent periodically while a stream is
+/// open. Positions count bytes of the guest's stream since the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ClockReport {
+    /// Host monotonic clock when the position was sampled, in microseconds
+    /// (host epoch; map it to the guest clock with [`HostMessage::Pong`]).
+    pub host_time_usec: u64,
+    /// Audio bytes received from the guest so far.
+    pub received_bytes: u64,
+    /// Audio bytes that have left the host's speaker (or were dropped by a
+    /// flush) at `host_time_usec`. Never exceeds `received_bytes`.
+    pub played_bytes: u64,
+    /// Latency of the host device below the host stream, in microseconds.
+    pub device_latency_usec: u32,
+    /// Underruns of the host stream since the handshake.
+    pub underruns: u32,
+    /// Whether the host clock is advancing (false while corked or starved).
+    pub playing: bool,
+}
+
+/// Messages from the guest (module) to the host (host-playd).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum GuestMessage {
+    /// Must be the first message, and only the first.
+    Hello(Hello),
+    /// Interleaved PCM in the negotiated spec; whole frames, at most
+    /// [`MAX_AUDIO_CHUNK`] bytes, never beyond the credit granted.
+    Audio(Vec<u8>),
+    /// Pause playback; queued audio is kept.
+    Cork,
+    /// Resume after [`GuestMessage::Cork`].
+    Uncork,
+    /// Drop all audio queued on the host.
+    Flush,
+    /// Ask for a new target latency (dynamic latency), in microseconds.
+    SetLatency { target_latency_usec: u32 },
+    /// Round-trip probe; the host echoes `guest_time_usec` in a Pong.
+    Ping { guest_time_usec: u64 },
+    /// The guest is leaving; free-text reason.
+    Goodbye { reason: String },
+}
+
+/// Messages from the host (host-playd) to the guest (module).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum HostMessage {
+    Accept(Accept),
+    Reject {
+        reason: RejectReason,
+        message: String,
+    },
+    /// Flow control: the guest may have sent, in total since the handshake, up
+    /// to `limit_bytes` audio bytes. Cumulative, so a lost or repeated grant
+    /// cannot inflate credit.
+    Credit {
+        limit_bytes: u64,
+    },
+    Clock(ClockReport),
+    /// Answer to [`GuestMessage::Ping`]: the guest's timestamp echoed, and the
+    /// host clock when the ping was handled.
+    Pong {
+        guest_time_usec: u64,
+        host_time_usec: u64,
+    },
+    /// The host is closing the stream; free-text reason.
+    Goodbye {
+        reason: String,
+    },
+}
+
+fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), ProtocolError> {
+    if text.len() > max {
+        return Err(ProtocolError::invalid(
+            field,
+            format!("{} bytes exceeds the maximum of {max}", text.len()),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(ProtocolError::invalid(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+impl Hello {
+    /// Checks magic and bounds (not the version: an unknown version deserves
+    /// its own reject reason, so the caller compares it).
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        if self.magic != MAGIC {
+            return Err(ProtocolError::invalid(
+                "magic",
+                format!("{:02x?} is not {:02x?}", self.magic, MAGIC),
+            ));
+        }
+        self.spec.validate()?;
+        check_latency(self.target_latency_usec)?;
+        check_text("stream_name", &self.stream_name, MAX_STREAM_NAME)
+    }
+}
+
+fn check_latency(usec: u32) -> Result<(), ProtocolError> {
+    if !(MIN_TARGET_LATENCY_USEC..=MAX_TARGET_LATENCY_USEC).contains(&usec) {
+        return Err(ProtocolError::invalid(
+            "target_latency_usec",
+            format!("{usec} is outside {MIN_TARGET_LATENCY_USEC}..={MAX_TARGET_LATENCY_USEC}"),
+        ));
+    }
+    Ok(())
+}
+
+impl GuestMessage {
+    /// Checks the bounds that the codec alone cannot express.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        match self {
+            GuestMessage::Hello(hello) => hello.validate(),
+            GuestMessage::Audio(data) => {
+                if data.is_empty() || data.len() > MAX_AUDIO_CHUNK {
+                    return Err(ProtocolError::invalid(
+                        "audio",
+                        format!("{} bytes is outside 1..={MAX_AUDIO_CHUNK}", data.len()),
+                    ));
+                }
+                Ok(())
+            }
+            GuestMessage::SetLatency {
+                target_latency_usec,
+            } => check_latency(*target_latency_usec),
+            GuestMessage::Goodbye { reason } => check_text("reason", reason, MAX_REASON_LEN),
+            GuestMessage::Cork
+            | GuestMessage::Uncork
+            | GuestMessage::Flush
+            | GuestMessage::Ping { .. } => Ok(()),
+        }
+    }
+}
+
+impl HostMessage {
+    /// Checks the bounds that the codec alone cannot express.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        match self {
+            HostMessage::Reject { message, .. } => check_text("message", message, MAX_REASON_LEN),
+            HostMessage::Goodbye { reason } => check_text("reason", reason, MAX_REASON_LEN),
+            HostMessage::Clock(report) if report.played_bytes > report.received_bytes => {
+                Err(ProtocolError::invalid(
+                    "played_bytes",
+                    format!(
+                        "{} exceeds received_bytes {}",
+                        report.played_bytes, report.received_bytes
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
