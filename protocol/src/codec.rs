@@ -35,12 +35,18 @@ impl WireMessage for HostMessage {
 }
 
 /// Encodes `msg` as one complete frame (length prefix included), appending it
-/// to `out`.
+/// to `out`. On error `out` is left as it was.
+///
+/// The message is not validated here (see [`WireMessage::validate`]); only
+/// the frame bound is enforced, so a message too large to send is an
+/// [`ProtocolError::Encode`] error rather than a frame the peer would refuse.
 pub fn encode_frame<M: WireMessage>(msg: &M, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    bincode::encode_into_std_write(msg, out, config())
-        .map_err(|e| ProtocolError::Encode(e.to_string()))?;
+    if let Err(e) = bincode::encode_into_std_write(msg, out, config()) {
+        out.truncate(start);
+        return Err(ProtocolError::Encode(e.to_string()));
+    }
     let len = out.len() - start - 4;
     let len32 = u32::try_from(len)
         .ok()
@@ -125,16 +131,16 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
+    /// An empty reader, at the start of a frame.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Appends received bytes.
+    /// Appends received bytes. Frames already taken out are discarded first,
+    /// so the buffer does not grow with the history of the stream even if the
+    /// caller takes only one message per feed.
     pub fn feed(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
+        self.compact();
         self.buf.extend_from_slice(bytes);
     }
 
@@ -145,6 +151,11 @@ impl FrameReader {
 
     /// How many more bytes are useful before the next frame is complete; lets
     /// a reader bound its reads so the buffer stays within one frame.
+    ///
+    /// Never 0, so it can size a `read` directly (a 0-byte read would look
+    /// like end of stream). It is 1 when a whole frame is already pending or
+    /// the pending length prefix is invalid: call
+    /// [`next_message`](Self::next_message) to take the message or the error.
     pub fn wanted(&self) -> usize {
         let pending = &self.buf[self.start..];
         if pending.len() < 4 {

@@ -17,7 +17,9 @@ mod spec;
 pub use codec::{encode_frame, read_frame, write_frame, FrameReader, WireMessage};
 pub use error::ProtocolError;
 pub use messages::{Accept, ClockReport, GuestMessage, Hello, HostMessage, RejectReason};
-pub use spec::{SampleFormat, StreamSpec};
+pub use spec::{
+    SampleFormat, StreamSpec, CHANNEL_POSITION_LIMIT, MAX_CHANNELS, MAX_RATE, MIN_RATE,
+};
 
 /// Version spoken by this build. The guest offers it in [`Hello`]; the host
 /// answers with [`Accept`] (same version) or [`RejectReason::UnsupportedVersion`].

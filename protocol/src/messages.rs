@@ -12,6 +12,7 @@ pub struct Hello {
     pub magic: [u8; 4],
     /// The protocol version the guest speaks.
     pub version: u16,
+    /// The audio the guest will send.
     pub spec: StreamSpec,
     /// End-to-end latency the guest would like, in microseconds.
     pub target_latency_usec: u32,
@@ -36,11 +37,17 @@ pub struct Accept {
 /// Why the host refused a guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
 pub enum RejectReason {
+    /// The host does not speak the version offered in [`Hello`].
     UnsupportedVersion,
+    /// The host cannot play the offered [`StreamSpec`].
     UnsupportedFormat,
+    /// Policy forbids this guest.
     NotAllowed,
+    /// The host is serving as many guests as it will.
     TooManyClients,
+    /// The first message was not a valid [`Hello`].
     BadRequest,
+    /// The host failed internally (e.g. could not open its device).
     ServerError,
 }
 
@@ -79,36 +86,55 @@ pub enum GuestMessage {
     /// Drop all audio queued on the host.
     Flush,
     /// Ask for a new target latency (dynamic latency), in microseconds.
-    SetLatency { target_latency_usec: u32 },
+    SetLatency {
+        /// Within [`MIN_TARGET_LATENCY_USEC`]..=[`MAX_TARGET_LATENCY_USEC`].
+        target_latency_usec: u32,
+    },
     /// Round-trip probe; the host echoes `guest_time_usec` in a Pong.
-    Ping { guest_time_usec: u64 },
+    Ping {
+        /// Guest clock when sent, in microseconds (guest epoch).
+        guest_time_usec: u64,
+    },
     /// The guest is leaving; free-text reason.
-    Goodbye { reason: String },
+    Goodbye {
+        /// At most [`MAX_REASON_LEN`] bytes, no control characters.
+        reason: String,
+    },
 }
 
 /// Messages from the host (host-playd) to the guest (module).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum HostMessage {
+    /// The stream is open; the only possible first message besides `Reject`.
     Accept(Accept),
+    /// The stream is refused; the host closes the connection after sending it.
     Reject {
+        /// Machine-readable cause.
         reason: RejectReason,
+        /// Free-text detail, at most [`MAX_REASON_LEN`] bytes, no control
+        /// characters.
         message: String,
     },
     /// Flow control: the guest may have sent, in total since the handshake, up
     /// to `limit_bytes` audio bytes. Cumulative, so a lost or repeated grant
     /// cannot inflate credit.
     Credit {
+        /// Cumulative byte limit since the handshake.
         limit_bytes: u64,
     },
+    /// Periodic playback clock sample.
     Clock(ClockReport),
     /// Answer to [`GuestMessage::Ping`]: the guest's timestamp echoed, and the
     /// host clock when the ping was handled.
     Pong {
+        /// Copied from the Ping.
         guest_time_usec: u64,
+        /// Host monotonic clock when the Ping was handled, in microseconds.
         host_time_usec: u64,
     },
     /// The host is closing the stream; free-text reason.
     Goodbye {
+        /// At most [`MAX_REASON_LEN`] bytes, no control characters.
         reason: String,
     },
 }

@@ -47,6 +47,7 @@ pub const MAX_CHANNELS: u8 = 8;
 /// The shape of the audio a guest sends: format, rate and channel layout.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
 pub struct StreamSpec {
+    /// Sample encoding.
     pub format: SampleFormat,
     /// Frames per second.
     pub rate: u32,
@@ -99,15 +100,21 @@ impl StreamSpec {
         u64::from(self.frame_size()) * u64::from(self.rate)
     }
 
-    /// Duration of `bytes` of audio, in microseconds (rounded down).
+    /// Duration of `bytes` of audio, in microseconds (rounded down; saturates
+    /// at `u64::MAX`). A spec with no channels or a zero rate counts as one
+    /// byte per second rather than dividing by zero.
     pub fn bytes_to_usec(&self, bytes: u64) -> u64 {
         let bps = self.bytes_per_second().max(1);
-        ((u128::from(bytes) * 1_000_000) / u128::from(bps)) as u64
+        let usec = u128::from(bytes) * 1_000_000 / u128::from(bps);
+        u64::try_from(usec).unwrap_or(u64::MAX)
     }
 
-    /// Bytes in `usec` microseconds of audio, rounded down to whole frames.
+    /// Bytes in `usec` microseconds of audio, rounded down to whole frames
+    /// (saturates at `u64::MAX`).
     pub fn usec_to_bytes(&self, usec: u64) -> u64 {
-        let frames = (u128::from(usec) * u128::from(self.rate) / 1_000_000) as u64;
-        frames.saturating_mul(u64::from(self.frame_size()))
+        let frames = u128::from(usec) * u128::from(self.rate) / 1_000_000;
+        u64::try_from(frames)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(u64::from(self.frame_size()))
     }
 }

@@ -1,0 +1,321 @@
+//! The module's arguments once PulseAudio's modargs parser has split them:
+//! validated here in plain Rust so every rule is unit-tested.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use thiserror::Error;
+
+/// Default end-to-end latency target.
+pub const DEFAULT_LATENCY_MSEC: u32 = 60;
+/// Accepted range of `latency_msec`.
+pub const LATENCY_MSEC_RANGE: std::ops::RangeInclusive<u32> = 10..=5_000;
+/// Default pause between connection attempts.
+pub const DEFAULT_RECONNECT_MSEC: u32 = 1_000;
+/// Accepted range of `reconnect_interval_msec`.
+pub const RECONNECT_MSEC_RANGE: std::ops::RangeInclusive<u32> = 100..=60_000;
+/// Highest latency an application may ask the sink for.
+pub const MAX_SINK_LATENCY_USEC: u64 = 2_000_000;
+/// Default `sink_name`.
+pub const DEFAULT_SINK_NAME: &str = "secure_tunnel";
+
+/// A configuration error, phrased for the log line that makes `load-module`
+/// fail.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("missing required argument `server` (server=unix:PATH|tcp:HOST:PORT|vsock:CID:PORT)")]
+    MissingServer,
+    #[error("invalid server={value}: {reason}")]
+    BadServer { value: String, reason: String },
+    #[error("invalid {key}={value}: {reason}")]
+    BadValue {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Where host-playd listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddr {
+    Unix(PathBuf),
+    Tcp { host: String, port: u16 },
+    Vsock { cid: u32, port: u32 },
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            ServerAddr::Tcp { host, port } if host.contains(':') => {
+                write!(f, "tcp:[{host}]:{port}")
+            }
+            ServerAddr::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
+            ServerAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+        }
+    }
+}
+
+fn bad_server(value: &str, reason: &str) -> ConfigError {
+    ConfigError::BadServer {
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+impl FromStr for ServerAddr {
+    type Err = ConfigError;
+
+    fn from_str(value: &str) -> Result<Self, ConfigError> {
+        let (scheme, rest) = value.split_once(':').ok_or_else(|| {
+            bad_server(value, "expected unix:PATH, tcp:HOST:PORT or vsock:CID:PORT")
+        })?;
+        match scheme {
+            "unix" => {
+                if rest.is_empty() {
+                    return Err(bad_server(value, "empty socket path"));
+                }
+                Ok(ServerAddr::Unix(PathBuf::from(rest)))
+            }
+            "tcp" => {
+                let (host, port) = rest
+                    .rsplit_once(':')
+                    .ok_or_else(|| bad_server(value, "expected tcp:HOST:PORT"))?;
+                let host = host
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(host);
+                if host.is_empty() {
+                    return Err(bad_server(value, "empty host"));
+                }
+                let port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| bad_server(value, "port must be 1..=65535"))?;
+                Ok(ServerAddr::Tcp {
+                    host: host.to_owned(),
+                    port,
+                })
+            }
+            "vsock" => {
+                let (cid, port) = rest
+                    .split_once(':')
+                    .ok_or_else(|| bad_server(value, "expected vsock:CID:PORT"))?;
+                let cid = cid
+                    .parse::<u32>()
+                    .map_err(|_| bad_server(value, "CID must be a number"))?;
+                let port = port
+                    .parse::<u32>()
+                    .map_err(|_| bad_server(value, "port must be a number"))?;
+                Ok(ServerAddr::Vsock { cid, port })
+            }
+            other => Err(bad_server(
+                value,
+                &format!("unknown transport `{other}` (use unix, tcp or vsock)"),
+            )),
+        }
+    }
+}
+
+/// The raw text of the arguments this module reads itself (PulseAudio's own
+/// helpers handle format, rate, channels, channel_map and sink_properties).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RawArgs<'a> {
+    pub server: Option<&'a str>,
+    pub sink_name: Option<&'a str>,
+    pub latency_msec: Option<&'a str>,
+    pub reconnect_interval_msec: Option<&'a str>,
+}
+
+/// The validated tunnel settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelConfig {
+    pub server: ServerAddr,
+    pub sink_name: String,
+    pub latency_msec: u32,
+    pub reconnect_interval_msec: u32,
+}
+
+fn parse_msec(
+    key: &'static str,
+    value: Option<&str>,
+    default: u32,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<u32, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let bad = |reason: String| ConfigError::BadValue {
+        key,
+        value: value.to_owned(),
+        reason,
+    };
+    let n = value
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| bad("not a whole number of milliseconds".to_owned()))?;
+    if !range.contains(&n) {
+        return Err(bad(format!(
+            "must be within {}..={} ms",
+            range.start(),
+            range.end()
+        )));
+    }
+    Ok(n)
+}
+
+fn check_sink_name(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::BadValue {
+            key: "sink_name",
+            value: name.to_owned(),
+            reason: "use 1 to 128 characters from A-Z a-z 0-9 _ - .".to_owned(),
+        })
+    }
+}
+
+impl TunnelConfig {
+    /// Validates the arguments, applying the documented defaults.
+    pub fn from_args(args: RawArgs<'_>) -> Result<Self, ConfigError> {
+        let server = args
+            .server
+            .filter(|s| !s.is_empty())
+            .ok_or(ConfigError::MissingServer)?
+            .parse()?;
+        let sink_name = args.sink_name.unwrap_or(DEFAULT_SINK_NAME);
+        check_sink_name(sink_name)?;
+        Ok(TunnelConfig {
+            server,
+            sink_name: sink_name.to_owned(),
+            latency_msec: parse_msec(
+                "latency_msec",
+                args.latency_msec,
+                DEFAULT_LATENCY_MSEC,
+                LATENCY_MSEC_RANGE,
+            )?,
+            reconnect_interval_msec: parse_msec(
+                "reconnect_interval_msec",
+                args.reconnect_interval_msec,
+                DEFAULT_RECONNECT_MSEC,
+                RECONNECT_MSEC_RANGE,
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(server: &str) -> RawArgs<'_> {
+        RawArgs {
+            server: Some(server),
+            ..RawArgs::default()
+        }
+    }
+
+    #[test]
+    fn parses_every_transport() {
+        assert_eq!(
+            "unix:/run/playd.sock".parse(),
+            Ok(ServerAddr::Unix("/run/playd.sock".into()))
+        );
+        assert_eq!(
+            "tcp:10.0.0.1:4713".parse(),
+            Ok(ServerAddr::Tcp {
+                host: "10.0.0.1".into(),
+                port: 4713
+            })
+        );
+        assert_eq!(
+            "tcp:[::1]:4713"
+                .parse::<ServerAddr>()
+                .map(|a| a.to_string()),
+            Ok("tcp:[::1]:4713".to_owned())
+        );
+        assert_eq!(
+            "vsock:2:5000".parse(),
+            Ok(ServerAddr::Vsock { cid: 2, port: 5000 })
+        );
+    }
+
+    #[test]
+    fn rejects_bad_servers_with_a_reason() {
+        for bad in [
+            "bogus:xyz",
+            "unix:",
+            "tcp:host",
+            "tcp:host:0",
+            "tcp::80",
+            "tcp:host:99999",
+            "vsock:x:1",
+            "vsock:2",
+            "noscheme",
+        ] {
+            let err = bad.parse::<ServerAddr>().unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::BadServer { value, .. } if value == bad),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_and_bounds() {
+        let cfg = TunnelConfig::from_args(args("unix:/s")).unwrap();
+        assert_eq!(cfg.sink_name, DEFAULT_SINK_NAME);
+        assert_eq!(cfg.latency_msec, DEFAULT_LATENCY_MSEC);
+        assert_eq!(cfg.reconnect_interval_msec, DEFAULT_RECONNECT_MSEC);
+
+        for (lat, ok) in [
+            ("10", true),
+            ("5000", true),
+            ("9", false),
+            ("5001", false),
+            ("abc", false),
+            ("-1", false),
+        ] {
+            let r = TunnelConfig::from_args(RawArgs {
+                latency_msec: Some(lat),
+                ..args("unix:/s")
+            });
+            assert_eq!(r.is_ok(), ok, "latency_msec={lat}: {r:?}");
+        }
+        let err = TunnelConfig::from_args(RawArgs {
+            reconnect_interval_msec: Some("50"),
+            ..args("unix:/s")
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("reconnect_interval_msec=50"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn server_is_required_and_sink_name_checked() {
+        assert_eq!(
+            TunnelConfig::from_args(RawArgs::default()),
+            Err(ConfigError::MissingServer)
+        );
+        assert_eq!(
+            TunnelConfig::from_args(args("")),
+            Err(ConfigError::MissingServer)
+        );
+        let err = TunnelConfig::from_args(RawArgs {
+            sink_name: Some("bad name"),
+            ..args("unix:/s")
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("sink_name=bad name"));
+    }
+}

@@ -1,0 +1,543 @@
+//! The sink itself: creation and teardown on PulseAudio's main thread, the IO
+//! thread's loop, and the callbacks PulseAudio calls on that thread. The
+//! decisions are the engine's (safe Rust); this file only moves data and
+//! calls between it and pulsecore.
+
+use std::cell::RefCell;
+use std::ffi::{c_int, c_void, CStr};
+use std::ptr;
+
+use pulse_module_sys as sys;
+use secure_tunnel_protocol::{SampleFormat, StreamSpec, MAX_AUDIO_CHUNK};
+
+use super::log::pa_log;
+use super::modargs::{cstring, Modargs};
+use super::no_unwind;
+use crate::config::{RawArgs, TunnelConfig, MAX_SINK_LATENCY_USEC};
+use crate::engine::{Engine, Event};
+
+const VALID_ARGS: &[&CStr] = &[
+    c"server",
+    c"sink_name",
+    c"sink_properties",
+    c"format",
+    c"rate",
+    c"channels",
+    c"channel_map",
+    c"latency_msec",
+    c"reconnect_interval_msec",
+];
+
+/// Everything one loaded instance owns. Lives in a `Box` whose pointer is
+/// stored in `pa_module.userdata` and `pa_sink.userdata`.
+///
+/// Threading: the main thread writes the pointer fields during `init` and
+/// `teardown` only, while the IO thread is not running. Between the two the
+/// IO thread alone touches `engine` (the sink callbacks below run on it).
+struct Userdata {
+    core: *mut sys::pa_core,
+    module: *mut sys::pa_module,
+    sink: *mut sys::pa_sink,
+    rtpoll: *mut sys::pa_rtpoll,
+    poll_item: *mut sys::pa_rtpoll_item,
+    thread_mq: sys::pa_thread_mq,
+    thread_mq_ready: bool,
+    thread: *mut sys::pa_thread,
+    engine: RefCell<Engine>,
+    max_render: usize,
+}
+
+fn sample_format(format: sys::pa_sample_format_t) -> Result<SampleFormat, String> {
+    match format {
+        sys::pa_sample_format_PA_SAMPLE_S16LE => Ok(SampleFormat::S16Le),
+        sys::pa_sample_format_PA_SAMPLE_S32LE => Ok(SampleFormat::S32Le),
+        sys::pa_sample_format_PA_SAMPLE_FLOAT32LE => Ok(SampleFormat::F32Le),
+        other => {
+            // SAFETY: pa_sample_format_to_string accepts any value and returns
+            // a static string or NULL.
+            let name = unsafe { sys::pa_sample_format_to_string(other) };
+            let name = if name.is_null() {
+                format!("#{other}")
+            } else {
+                // SAFETY: non-null results are static NUL-terminated strings.
+                unsafe { CStr::from_ptr(name) }
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            Err(format!(
+                "invalid format={name}: the tunnel carries s16le, s32le or float32le"
+            ))
+        }
+    }
+}
+
+/// Reads and validates the arguments: everything that can be wrong is found
+/// here, before anything is created.
+fn parse_args(
+    ma: &Modargs,
+    ss: &mut sys::pa_sample_spec,
+    map: &mut sys::pa_channel_map,
+) -> Result<(TunnelConfig, StreamSpec), String> {
+    if !ma.sample_spec_and_map(ss, map) {
+        return Err(
+            "invalid sample specification or channel map (format, rate, channels, channel_map)"
+                .into(),
+        );
+    }
+    let format = sample_format(ss.format)?;
+    let (server, sink_name, latency, reconnect) = (
+        ma.get(c"server"),
+        ma.get(c"sink_name"),
+        ma.get(c"latency_msec"),
+        ma.get(c"reconnect_interval_msec"),
+    );
+    let config = TunnelConfig::from_args(RawArgs {
+        server: server.as_deref(),
+        sink_name: sink_name.as_deref(),
+        latency_msec: latency.as_deref(),
+        reconnect_interval_msec: reconnect.as_deref(),
+    })
+    .map_err(|e| e.to_string())?;
+    let channels = usize::from(ss.channels).min(map.map.len());
+    let spec = StreamSpec {
+        format,
+        rate: ss.rate,
+        channel_map: map.map[..channels]
+            .iter()
+            .map(|&p| u8::try_from(p).unwrap_or(u8::MAX))
+            .collect(),
+    };
+    spec.validate()
+        .map_err(|e| format!("unsupported sample specification: {e}"))?;
+    Ok((config, spec))
+}
+
+/// `pa__init`: builds the sink and starts its IO thread.
+///
+/// # Safety
+/// `m` is a valid module, and this runs on PulseAudio's main thread.
+pub(super) unsafe fn init(m: *mut sys::pa_module) -> Result<(), String> {
+    // SAFETY: m is valid per contract; core and argument are set by PulseAudio
+    // before init is called.
+    let (core, argument) = unsafe { ((*m).core, (*m).argument) };
+    // SAFETY: argument is null or a NUL-terminated string owned by the module.
+    let ma = unsafe { Modargs::parse(argument, VALID_ARGS) }.ok_or_else(|| {
+        let valid: Vec<_> = VALID_ARGS.iter().map(|k| k.to_string_lossy()).collect();
+        format!(
+            "failed to parse module arguments (unknown key or bad quoting); valid keys: {}",
+            valid.join(", ")
+        )
+    })?;
+    // SAFETY: core is valid while the daemon runs; the defaults are plain data.
+    let (mut ss, mut map) = unsafe { ((*core).default_sample_spec, (*core).default_channel_map) };
+    let (config, spec) = parse_args(&ma, &mut ss, &mut map)?;
+
+    let description = cstring(&format!("Secure tunnel to {}", config.server));
+    let server = cstring(&config.server.to_string());
+    let name = cstring(&config.sink_name);
+    let target_usec = u64::from(config.latency_msec) * 1000;
+    let max_request = spec
+        .usec_to_bytes(target_usec)
+        .max(u64::from(spec.frame_size()));
+    let frame = spec.frame_size() as usize;
+    let max_render = MAX_AUDIO_CHUNK - MAX_AUDIO_CHUNK % frame.max(1);
+
+    let u = Box::into_raw(Box::new(Userdata {
+        core,
+        module: m,
+        sink: ptr::null_mut(),
+        rtpoll: ptr::null_mut(),
+        poll_item: ptr::null_mut(),
+        // SAFETY: pa_thread_mq is plain C data; all-zero is its "not yet
+        // initialised" state and pa_thread_mq_init fills it before use.
+        thread_mq: unsafe { std::mem::zeroed() },
+        thread_mq_ready: false,
+        thread: ptr::null_mut(),
+        engine: RefCell::new(Engine::new(config, spec)),
+        max_render,
+    }));
+    // SAFETY: m is valid; teardown (pa__done or the error path below) frees u.
+    unsafe { (*m).userdata = u.cast() };
+
+    // SAFETY: u is the live Box we just leaked, only used on this thread until
+    // the IO thread starts; every pulsecore call gets pointers it created.
+    let built = unsafe {
+        build(
+            u,
+            m,
+            &ma,
+            &ss,
+            &map,
+            &description,
+            &server,
+            &name,
+            max_request,
+        )
+    };
+    if let Err(e) = built {
+        // SAFETY: m->userdata is u, partially built; teardown handles nulls.
+        unsafe { done(m) };
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Creates rtpoll, message queues, the sink and the IO thread.
+///
+/// # Safety
+/// `u` is the live userdata of `m`; main thread; the IO thread not started.
+#[allow(clippy::too_many_arguments)]
+unsafe fn build(
+    u: *mut Userdata,
+    m: *mut sys::pa_module,
+    ma: &Modargs,
+    ss: &sys::pa_sample_spec,
+    map: &sys::pa_channel_map,
+    description: &CStr,
+    server: &CStr,
+    name: &CStr,
+    max_request: u64,
+) -> Result<(), String> {
+    // SAFETY: see the function contract; each call below receives pointers
+    // that were just created by pulsecore or are fields of *u.
+    unsafe {
+        let ud = &mut *u;
+        ud.rtpoll = sys::pa_rtpoll_new();
+        if sys::pa_thread_mq_init(&mut ud.thread_mq, (*ud.core).mainloop, ud.rtpoll) < 0 {
+            return Err("cannot create the IO thread's message queues".into());
+        }
+        ud.thread_mq_ready = true;
+        ud.poll_item =
+            sys::pa_rtpoll_item_new(ud.rtpoll, sys::pa_rtpoll_priority_PA_RTPOLL_NEVER, 1);
+        let pfd = sys::pa_rtpoll_item_get_pollfd(ud.poll_item, ptr::null_mut());
+        (*pfd).fd = -1;
+        (*pfd).events = 0;
+
+        let mut data: sys::pa_sink_new_data = std::mem::zeroed();
+        sys::pa_sink_new_data_init(&mut data);
+        data.driver = c"module-secure-tunnel-sink".as_ptr();
+        data.module = m;
+        sys::pa_sink_new_data_set_name(&mut data, name.as_ptr());
+        sys::pa_sink_new_data_set_sample_spec(&mut data, ss);
+        sys::pa_sink_new_data_set_channel_map(&mut data, map);
+        sys::pa_proplist_sets(
+            data.proplist,
+            c"device.description".as_ptr(),
+            description.as_ptr(),
+        );
+        sys::pa_proplist_sets(data.proplist, c"device.class".as_ptr(), c"sound".as_ptr());
+        sys::pa_proplist_sets(
+            data.proplist,
+            c"secure_tunnel.server".as_ptr(),
+            server.as_ptr(),
+        );
+        if !ma.merge_proplist(c"sink_properties", data.proplist) {
+            sys::pa_sink_new_data_done(&mut data);
+            return Err("invalid sink_properties".into());
+        }
+        let flags = sys::pa_sink_flags_PA_SINK_LATENCY
+            | sys::pa_sink_flags_PA_SINK_DYNAMIC_LATENCY
+            | sys::pa_sink_flags_PA_SINK_NETWORK;
+        ud.sink = sys::pa_sink_new(ud.core, &mut data, flags);
+        sys::pa_sink_new_data_done(&mut data);
+        if ud.sink.is_null() {
+            return Err(format!(
+                "cannot create sink {} (is the name already taken?)",
+                name.to_string_lossy()
+            ));
+        }
+        let sink = ud.sink;
+        (*sink).parent.process_msg = Some(sink_process_msg);
+        (*sink).set_state_in_io_thread = Some(sink_set_state_in_io_thread);
+        (*sink).update_requested_latency = Some(sink_update_requested_latency);
+        (*sink).userdata = u.cast();
+        sys::pa_sink_set_asyncmsgq(sink, ud.thread_mq.inq);
+        sys::pa_sink_set_rtpoll(sink, ud.rtpoll);
+        let min_latency = ud.engine.borrow().min_latency_usec();
+        sys::pa_sink_set_latency_range(sink, min_latency, MAX_SINK_LATENCY_USEC.max(min_latency));
+        sys::pa_sink_set_max_request(sink, usize::try_from(max_request).unwrap_or(usize::MAX));
+
+        ud.thread = sys::pa_thread_new(c"secure-tunnel".as_ptr(), Some(thread_func), u.cast());
+        if ud.thread.is_null() {
+            return Err("cannot start the IO thread".into());
+        }
+        sys::pa_sink_put(sink);
+    }
+    Ok(())
+}
+
+/// `pa__done` and the error path of `init`: stops the IO thread and frees
+/// everything, tolerating a partially built instance.
+///
+/// # Safety
+/// `m` is valid; main thread.
+pub(super) unsafe fn done(m: *mut sys::pa_module) {
+    // SAFETY: m is valid per contract; userdata is null or our Box.
+    unsafe {
+        let u = (*m).userdata.cast::<Userdata>();
+        if u.is_null() {
+            return;
+        }
+        (*m).userdata = ptr::null_mut();
+        let ud = &mut *u;
+        if !ud.sink.is_null() {
+            sys::pa_sink_unlink(ud.sink);
+        }
+        if !ud.thread.is_null() {
+            sys::pa_asyncmsgq_send(
+                ud.thread_mq.inq,
+                ptr::null_mut(),
+                sys::PA_MESSAGE_SHUTDOWN,
+                ptr::null(),
+                0,
+                ptr::null(),
+            );
+            sys::pa_thread_free(ud.thread);
+        }
+        // The IO thread has stopped: the engine is ours now.
+        ud.engine.borrow_mut().shutdown("module unloaded");
+        if ud.thread_mq_ready {
+            sys::pa_thread_mq_done(&mut ud.thread_mq);
+        }
+        if !ud.sink.is_null() {
+            sys::pa_sink_unref(ud.sink);
+        }
+        if !ud.poll_item.is_null() {
+            sys::pa_rtpoll_item_free(ud.poll_item);
+        }
+        if !ud.rtpoll.is_null() {
+            sys::pa_rtpoll_free(ud.rtpoll);
+        }
+        drop(Box::from_raw(u));
+    }
+}
+
+/// `pa__get_n_used`.
+///
+/// # Safety
+/// `m` is valid; main thread.
+pub(super) unsafe fn n_used(m: *mut sys::pa_module) -> c_int {
+    // SAFETY: userdata is null or our Box; the sink pointer is live until done.
+    unsafe {
+        let u = (*m).userdata.cast::<Userdata>();
+        if u.is_null() || (*u).sink.is_null() {
+            return 0;
+        }
+        c_int::try_from(sys::pa_sink_linked_by((*u).sink)).unwrap_or(c_int::MAX)
+    }
+}
+
+fn now_usec() -> u64 {
+    // SAFETY: pa_rtclock_now has no preconditions.
+    unsafe { sys::pa_rtclock_now() }
+}
+
+fn log_events(engine: &RefCell<Engine>, sink_name: &str) {
+    let events = engine.borrow_mut().take_events();
+    for event in events {
+        match event {
+            Event::Connected { buffer_bytes } => pa_log!(
+                Info,
+                "{sink_name}: connected to host-playd (host buffer {buffer_bytes} bytes)"
+            ),
+            Event::ConnectFailed(e) => {
+                pa_log!(Warn, "{sink_name}: {e}; playing into the void and retrying")
+            }
+            Event::Disconnected(e) => pa_log!(
+                Warn,
+                "{sink_name}: connection lost ({e}); playing into the void and reconnecting"
+            ),
+            Event::HostGoodbye(e) => pa_log!(Info, "{sink_name}: host closed the stream: {e}"),
+        }
+    }
+}
+
+/// Renders `budget` bytes from the sink's inputs into the engine.
+///
+/// # Safety
+/// IO thread; `ud.sink` is live and opened.
+unsafe fn render(ud: &Userdata, mut budget: usize, now: u64) {
+    while budget > 0 {
+        let n = budget.min(ud.max_render);
+        // SAFETY: a zeroed memchunk is the empty chunk pa_sink_render fills;
+        // the sink is live per contract and n is a positive multiple of the
+        // frame size.
+        let mut chunk: sys::pa_memchunk = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { sys::pa_sink_render(ud.sink, n, &mut chunk) };
+        if chunk.memblock.is_null() || chunk.length == 0 {
+            break;
+        }
+        // SAFETY: pa_sink_render returned a referenced memblock holding at
+        // least index + length bytes; acquire pins its data until release.
+        unsafe {
+            let base = sys::pa_memblock_acquire(chunk.memblock).cast::<u8>();
+            let data = std::slice::from_raw_parts(base.add(chunk.index), chunk.length);
+            // consume() never calls back into PulseAudio, so no re-entrant
+            // borrow is possible here.
+            ud.engine.borrow_mut().consume(data, now);
+            sys::pa_memblock_release(chunk.memblock);
+            sys::pa_memblock_unref(chunk.memblock);
+        }
+        budget -= chunk.length.min(budget);
+    }
+}
+
+/// One instance's IO thread: render, move bytes, sleep in rtpoll.
+///
+/// # Safety
+/// IO thread of `ud`; the sink and rtpoll outlive the thread.
+unsafe fn io_loop(ud: &Userdata) -> Result<(), String> {
+    let sink_name = ud.engine.borrow().sink_name().to_owned();
+    loop {
+        let now = now_usec();
+        // SAFETY: the sink is live while the IO thread runs (contract).
+        let opened = unsafe { sys::PA_SINK_IS_OPENED((*ud.sink).thread_info.state) } != 0;
+        ud.engine.borrow_mut().set_opened(opened, now);
+        ud.engine.borrow_mut().poll_io(now);
+        if opened {
+            // SAFETY: as above; rewinds are processed before rendering, as
+            // every sink must (we keep no local buffer to rewind, so 0).
+            unsafe {
+                if (*ud.sink).thread_info.rewind_requested {
+                    sys::pa_sink_process_rewind(ud.sink, 0);
+                }
+            }
+            let budget = ud.engine.borrow_mut().render_budget(now);
+            // SAFETY: IO thread, sink live and opened.
+            unsafe { render(ud, budget, now) };
+            ud.engine.borrow_mut().flush(now);
+        }
+        log_events(&ud.engine, &sink_name);
+
+        let (interest, wake) = {
+            let engine = ud.engine.borrow();
+            (engine.poll_interest(), engine.next_wakeup(now_usec()))
+        };
+        // SAFETY: poll_item and rtpoll were created in build() and live until
+        // teardown, after this thread has ended; the pollfd array has 1 entry.
+        let ret = unsafe {
+            let pfd = sys::pa_rtpoll_item_get_pollfd(ud.poll_item, ptr::null_mut());
+            match interest {
+                Some((fd, want_write)) => {
+                    (*pfd).fd = fd;
+                    (*pfd).events = libc::POLLIN | if want_write { libc::POLLOUT } else { 0 };
+                }
+                None => {
+                    (*pfd).fd = -1;
+                    (*pfd).events = 0;
+                }
+            }
+            (*pfd).revents = 0;
+            sys::pa_rtpoll_set_timer_absolute(ud.rtpoll, wake);
+            sys::pa_rtpoll_run(ud.rtpoll)
+        };
+        if ret < 0 {
+            return Err("rtpoll failed".into());
+        }
+        if ret == 0 {
+            return Ok(());
+        }
+    }
+}
+
+unsafe extern "C" fn thread_func(userdata: *mut c_void) {
+    let u = userdata.cast::<Userdata>();
+    // SAFETY: userdata is the instance's Box, alive until done() has joined
+    // this thread; thread_mq was initialised before the thread started.
+    unsafe { sys::pa_thread_mq_install(&mut (*u).thread_mq) };
+    // SAFETY: as above; only this thread uses the engine now.
+    let outcome = no_unwind("the IO thread", Err("panic".to_owned()), || unsafe {
+        io_loop(&*u)
+    });
+    if let Err(e) = outcome {
+        pa_log!(Error, "IO thread failed: {e}; unloading");
+        // Ask the main thread to unload us, then wait for its shutdown
+        // message, as every sink module does.
+        // SAFETY: core, module and the queues are valid (see above); the core
+        // is a pa_msgobject by C inheritance (its first field).
+        unsafe {
+            sys::pa_asyncmsgq_post(
+                (*u).thread_mq.outq,
+                ptr::addr_of_mut!((*(*u).core).parent),
+                sys::PA_CORE_MESSAGE_UNLOAD_MODULE as c_int,
+                (*u).module.cast(),
+                0,
+                ptr::null(),
+                None,
+            );
+            sys::pa_asyncmsgq_wait_for((*u).thread_mq.inq, sys::PA_MESSAGE_SHUTDOWN);
+        }
+    }
+}
+
+/// The userdata of a sink we created.
+///
+/// # Safety
+/// `s` is one of our sinks, whose userdata is set before it is linked.
+unsafe fn userdata<'a>(s: *mut sys::pa_sink) -> &'a Userdata {
+    // SAFETY: per contract.
+    unsafe { &*(*s).userdata.cast::<Userdata>() }
+}
+
+unsafe extern "C" fn sink_process_msg(
+    o: *mut sys::pa_msgobject,
+    code: c_int,
+    data: *mut c_void,
+    offset: i64,
+    chunk: *mut sys::pa_memchunk,
+) -> c_int {
+    no_unwind("sink_process_msg", -1, || {
+        if code == sys::pa_sink_message_PA_SINK_MESSAGE_GET_LATENCY as c_int {
+            // SAFETY: o is our sink (pa_sink derives from pa_msgobject);
+            // for GET_LATENCY, data points to an int64_t to fill. This runs
+            // on the IO thread, possibly inside render(): try_borrow avoids a
+            // re-entrant borrow (then the previous answer, 0, is given).
+            unsafe {
+                let ud = userdata(o.cast());
+                let latency = ud
+                    .engine
+                    .try_borrow_mut()
+                    .map(|mut e| e.latency_usec(now_usec()))
+                    .unwrap_or(0);
+                *data.cast::<i64>() = latency;
+            }
+            return 0;
+        }
+        // SAFETY: everything else is the generic sink's business.
+        unsafe { sys::pa_sink_process_msg(o, code, data, offset, chunk) }
+    })
+}
+
+unsafe extern "C" fn sink_set_state_in_io_thread(
+    s: *mut sys::pa_sink,
+    new_state: sys::pa_sink_state_t,
+    _new_suspend_cause: sys::pa_suspend_cause_t,
+) -> c_int {
+    no_unwind("set_state_in_io_thread", -1, || {
+        // SAFETY: s is our sink; this runs on its IO thread.
+        let ud = unsafe { userdata(s) };
+        // SAFETY: PA_SINK_IS_OPENED is a pure function of the state value.
+        let opened = unsafe { sys::PA_SINK_IS_OPENED(new_state) } != 0;
+        if let Ok(mut engine) = ud.engine.try_borrow_mut() {
+            engine.set_opened(opened, now_usec());
+        }
+        0
+    })
+}
+
+unsafe extern "C" fn sink_update_requested_latency(s: *mut sys::pa_sink) {
+    no_unwind("update_requested_latency", (), || {
+        // SAFETY: s is our sink; this runs on its IO thread.
+        let (ud, requested) = unsafe {
+            (
+                userdata(s),
+                sys::pa_sink_get_requested_latency_within_thread(s),
+            )
+        };
+        let requested = (requested != u64::MAX).then_some(requested);
+        if let Ok(mut engine) = ud.engine.try_borrow_mut() {
+            engine.set_requested_latency(requested);
+        }
+    })
+}
