@@ -2,6 +2,8 @@
 //! unix socket that speaks the protocol by hand. PulseAudio is not involved;
 //! time is injected, so pacing and latency are checked exactly.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
