@@ -1,1 +1,35 @@
+//! Harness for the end-to-end tests: private PulseAudio daemons, the real
+//! module and the real host-playd, audio played and recorded through them.
+//!
+//! Every process is owned by a guard that kills it on drop, and every wait is
+//! bounded, so a broken module or daemon fails a test instead of hanging it.
 
+#![forbid(unsafe_code)]
+
+mod binaries;
+mod error;
+pub mod latency;
+mod pactl;
+mod playd;
+mod process;
+mod pulse;
+mod record;
+pub mod signal;
+mod stack;
+mod tempdir;
+
+pub use binaries::{host_playd, module_library, pulse_module_dir, target_dir, workspace_root};
+pub use error::HarnessError;
+pub use pactl::{parse_sinks, SinkInfo};
+pub use playd::HostPlayd;
+pub use pulse::{guest_daemon, host_daemon, PulseDaemon, GUEST_SINK, HOST_SINK, MODULE_NAME};
+pub use record::{Player, Recorder, Recording};
+pub use stack::{find_sink, TunnelStack};
+pub use tempdir::TestDir;
+
+/// Sample format every test uses: s16le, 2 channels, 48 kHz.
+pub const RATE: u32 = 48_000;
+/// Channels of [`RATE`]'s format.
+pub const CHANNELS: usize = 2;
+/// Bytes per frame of s16le stereo.
+pub const FRAME_BYTES: usize = 2 * CHANNELS;

@@ -79,10 +79,15 @@ fn parse_args(
     map: &mut sys::pa_channel_map,
 ) -> Result<(TunnelConfig, StreamSpec), String> {
     if !ma.sample_spec_and_map(ss, map) {
-        return Err(
-            "invalid sample specification or channel map (format, rate, channels, channel_map)"
-                .into(),
-        );
+        let given: Vec<String> = [c"format", c"rate", c"channels", c"channel_map"]
+            .iter()
+            .filter_map(|k| ma.get(k).map(|v| format!("{}={v}", k.to_string_lossy())))
+            .collect();
+        return Err(format!(
+            "invalid sample specification or channel map ({}); formats: s16le, s32le, \
+             float32le; rate 8000..192000; 1..8 channels matching channel_map",
+            given.join(" ")
+        ));
     }
     let format = sample_format(ss.format)?;
     let (server, sink_name, latency, reconnect) = (
