@@ -10,4 +10,11 @@ scripts/setup.sh
 cargo build --release --workspace
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --release --workspace
+
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --release --workspace 2>&1 | tee "$log"
+# One closing line for the whole workspace (cargo prints one per test binary,
+# the last of which is often an empty doc-test run).
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "\nworkspace: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"

@@ -1,0 +1,438 @@
+//! The engine thread: owns the audio backend and every client's [`Session`],
+//! and is the only place where the two meet.
+//!
+//! Connection threads send it [`Command`]s through a bounded channel and poke
+//! a wake-up socket, so the engine sleeps in the backend's own poll (the
+//! PulseAudio main loop) and still answers a Ping within microseconds.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use secure_tunnel_protocol::{GuestMessage, HostMessage, RejectReason};
+use thiserror::Error;
+
+use crate::backend::{AudioBackend, StreamEvent, StreamId};
+use crate::clock::{HostClock, RateLimit};
+use crate::session::{Action, Event, Session};
+
+/// Commands queued towards the engine before connection threads block.
+pub const COMMAND_QUEUE: usize = 256;
+/// Engine poll period while any stream is open: bounds how late a credit or
+/// a clock report can be.
+pub const ACTIVE_POLL: Duration = Duration::from_millis(5);
+/// Engine poll period while no stream is open (handshake deadlines).
+pub const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// The engine's name for a connection; also its stream's [`StreamId`].
+pub type ClientId = StreamId;
+
+/// What connection threads and the daemon tell the engine.
+#[derive(Debug)]
+pub enum Command {
+    /// A guest connected; messages for it go into `outgoing`.
+    Connect {
+        id: ClientId,
+        peer: String,
+        outgoing: SyncSender<HostMessage>,
+    },
+    /// A decoded message, with the host time at which it was read.
+    Message {
+        id: ClientId,
+        message: GuestMessage,
+        at_usec: u64,
+    },
+    /// The guest's bytes could not be decoded; its connection is over.
+    ProtocolError { id: ClientId, error: String },
+    /// The guest's connection closed.
+    Disconnected { id: ClientId },
+    /// Say goodbye to every guest and stop.
+    Shutdown,
+}
+
+/// The engine stopped; nothing more can be sent to it.
+#[derive(Debug, Error)]
+#[error("the engine thread has stopped")]
+pub struct EngineGone;
+
+/// A wake-up both as a socket (for backends that poll descriptors) and as a
+/// condition variable (precise timeouts: socket timeouts are rounded up to
+/// kernel ticks of 4 ms, which would stretch 20 ms clock intervals).
+#[derive(Debug, Default)]
+struct WakeFlag {
+    pending: Mutex<bool>,
+    signal: Condvar,
+}
+
+/// A cloneable way to reach the engine from any thread.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    tx: SyncSender<Command>,
+    wake: Arc<UnixStream>,
+    flag: Arc<WakeFlag>,
+}
+
+impl EngineHandle {
+    /// Queues `command` (blocking while the queue is full) and wakes the
+    /// engine.
+    pub fn send(&self, command: Command) -> Result<(), EngineGone> {
+        self.tx.send(command).map_err(|_| EngineGone)?;
+        // A full wake socket already holds a pending wake-up.
+        let _ = (&*self.wake).write(&[1]);
+        *self
+            .flag
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        self.flag.signal.notify_one();
+        Ok(())
+    }
+}
+
+/// The engine's end of the wake-up socket.
+#[derive(Debug)]
+pub struct WakeReceiver {
+    sock: UnixStream,
+    flag: Arc<WakeFlag>,
+}
+
+impl WakeReceiver {
+    /// Blocks until woken or `timeout` passed, consuming pending wake-ups.
+    /// For backends with no poll of their own.
+    pub fn wait(&self, timeout: Duration) {
+        let pending = self
+            .flag
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (mut pending, _) = self
+            .flag
+            .signal
+            .wait_timeout_while(pending, timeout, |pending| !*pending)
+            .unwrap_or_else(PoisonError::into_inner);
+        *pending = false;
+    }
+
+    /// Switches to non-blocking mode, for backends that poll the descriptor
+    /// themselves and then call [`WakeReceiver::drain`].
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        self.sock.set_nonblocking(true)
+    }
+
+    /// Consumes pending wake-ups without blocking (after
+    /// [`WakeReceiver::set_nonblocking`]).
+    pub fn drain(&self) {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = (&self.sock).read(&mut buf) {
+            if n < buf.len() {
+                break;
+            }
+        }
+    }
+
+    /// An independent handle on the same socket.
+    pub fn try_clone(&self) -> io::Result<WakeReceiver> {
+        Ok(WakeReceiver {
+            sock: self.sock.try_clone()?,
+            flag: Arc::clone(&self.flag),
+        })
+    }
+}
+
+impl AsRawFd for WakeReceiver {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+/// Creates the engine's command channel and wake-up socket.
+pub fn channel() -> io::Result<(EngineHandle, Receiver<Command>, WakeReceiver)> {
+    let (tx, rx) = mpsc::sync_channel(COMMAND_QUEUE);
+    let (wake_tx, wake_rx) = UnixStream::pair()?;
+    wake_tx.set_nonblocking(true)?;
+    let flag = Arc::new(WakeFlag::default());
+    let handle = EngineHandle {
+        tx,
+        wake: Arc::new(wake_tx),
+        flag: Arc::clone(&flag),
+    };
+    Ok((
+        handle,
+        rx,
+        WakeReceiver {
+            sock: wake_rx,
+            flag,
+        },
+    ))
+}
+
+/// Limits the engine enforces across sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Most guests with an open (or opening) stream at once.
+    pub max_clients: usize,
+    /// Time a guest has to send its Hello.
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Client {
+    session: Session,
+    peer: String,
+    outgoing: Option<SyncSender<HostMessage>>,
+}
+
+/// The engine's state: sessions and the backend that plays them.
+#[derive(Debug)]
+pub struct Engine<B: AudioBackend> {
+    backend: B,
+    clock: HostClock,
+    config: EngineConfig,
+    clients: HashMap<ClientId, Client>,
+    actions: Vec<Action>,
+    events: Vec<(StreamId, StreamEvent)>,
+    peer_logs: RateLimit,
+    shutting_down: bool,
+}
+
+impl<B: AudioBackend> Engine<B> {
+    pub fn new(backend: B, clock: HostClock, config: EngineConfig) -> Self {
+        Engine {
+            backend,
+            clock,
+            config,
+            clients: HashMap::new(),
+            actions: Vec::new(),
+            events: Vec::new(),
+            peer_logs: RateLimit::new(20, Duration::from_secs(1)),
+            shutting_down: false,
+        }
+    }
+
+    /// Runs until a [`Command::Shutdown`] (or every handle is dropped) and
+    /// every session has said goodbye.
+    pub fn run(mut self, commands: Receiver<Command>, wake: WakeReceiver) {
+        loop {
+            loop {
+                match commands.try_recv() {
+                    Ok(command) => self.command(command),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.shutdown();
+                        break;
+                    }
+                }
+            }
+            self.backend_events();
+            self.poll_sessions();
+            if self.shutting_down && self.clients.is_empty() {
+                break;
+            }
+            let streaming = self.clients.values().any(|c| c.session.has_stream());
+            let timeout = if streaming { ACTIVE_POLL } else { IDLE_POLL };
+            self.backend.drive(timeout, &wake);
+        }
+        log::debug!("engine stopped");
+    }
+
+    /// Handles one command (public for in-process tests).
+    pub fn command(&mut self, command: Command) {
+        match command {
+            Command::Connect { id, peer, outgoing } => {
+                if self.shutting_down {
+                    return;
+                }
+                let timeout =
+                    u64::try_from(self.config.handshake_timeout.as_micros()).unwrap_or(u64::MAX);
+                let session = Session::new(self.clock.now_usec(), timeout, &peer);
+                log::info!("client {id} connected from {peer}");
+                self.clients.insert(
+                    id,
+                    Client {
+                        session,
+                        peer,
+                        outgoing: Some(outgoing),
+                    },
+                );
+            }
+            Command::Message {
+                id,
+                message,
+                at_usec,
+            } => self.dispatch(id, at_usec, Event::Message(message)),
+            Command::ProtocolError { id, error } => {
+                let now = self.clock.now_usec();
+                self.dispatch(id, now, Event::ProtocolError(error));
+            }
+            Command::Disconnected { id } => {
+                if let Some(client) = self.clients.remove(&id) {
+                    log::info!("client {id} ({}) disconnected", client.peer);
+                    if client.session.has_stream() {
+                        self.backend.close(id);
+                    }
+                }
+            }
+            Command::Shutdown => self.shutdown(),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        log::info!("saying goodbye to {} client(s)", self.clients.len());
+        let now = self.clock.now_usec();
+        let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+        for id in ids {
+            self.dispatch(id, now, Event::Shutdown);
+        }
+    }
+
+    fn backend_events(&mut self) {
+        let mut events = std::mem::take(&mut self.events);
+        self.backend.take_events(&mut events);
+        for (id, event) in events.drain(..) {
+            let event = match event {
+                StreamEvent::Opened { buffer_bytes } => Event::StreamOpened { buffer_bytes },
+                StreamEvent::Failed { reason } => Event::StreamFailed { reason },
+            };
+            let now = self.clock.now_usec();
+            self.dispatch(id, now, event);
+        }
+        self.events = events;
+    }
+
+    fn poll_sessions(&mut self) {
+        let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+        for id in ids {
+            let Some(client) = self.clients.get(&id) else {
+                continue;
+            };
+            let event = if client.session.is_streaming() {
+                match self.backend.status(id) {
+                    Some(status) => Event::Status(status),
+                    None => Event::Tick,
+                }
+            } else {
+                Event::Tick
+            };
+            let now = self.clock.now_usec();
+            self.dispatch(id, now, event);
+        }
+    }
+
+    /// Feeds `event` to a session and carries out what it asks, including
+    /// the events that carrying it out produces.
+    fn dispatch(&mut self, id: ClientId, now_usec: u64, event: Event) {
+        let mut queue = vec![event];
+        while let Some(event) = queue.pop() {
+            let Some(client) = self.clients.get_mut(&id) else {
+                return;
+            };
+            let mut actions = std::mem::take(&mut self.actions);
+            client.session.handle(now_usec, event, &mut actions);
+            for action in actions.drain(..) {
+                if let Some(event) = self.apply(id, action) {
+                    queue.push(event);
+                }
+            }
+            self.actions = actions;
+        }
+    }
+
+    fn apply(&mut self, id: ClientId, action: Action) -> Option<Event> {
+        match action {
+            Action::Send(message) => {
+                let client = self.clients.get_mut(&id)?;
+                let outgoing = client.outgoing.as_ref()?;
+                match outgoing.try_send(message) {
+                    Ok(()) => None,
+                    Err(TrySendError::Full(_)) => {
+                        self.drop_client(id, "outgoing queue full: the guest does not read");
+                        None
+                    }
+                    Err(TrySendError::Disconnected(_)) => {
+                        self.drop_client(id, "connection writer stopped");
+                        None
+                    }
+                }
+            }
+            Action::OpenStream(params) => {
+                let open = self
+                    .clients
+                    .values()
+                    .filter(|c| c.session.has_stream())
+                    .count();
+                if open > self.config.max_clients {
+                    return Some(Event::OpenRefused {
+                        reason: RejectReason::TooManyClients,
+                        message: format!(
+                            "{} guests are playing already (the maximum)",
+                            self.config.max_clients
+                        ),
+                    });
+                }
+                match self.backend.open(id, params) {
+                    Ok(()) => None,
+                    Err(e) => Some(Event::OpenRefused {
+                        reason: RejectReason::ServerError,
+                        message: e.to_string(),
+                    }),
+                }
+            }
+            Action::Write(data) => match self.backend.write(id, &data) {
+                Ok(()) => None,
+                Err(e) => Some(Event::StreamFailed {
+                    reason: e.to_string(),
+                }),
+            },
+            Action::Cork(corked) => {
+                self.backend.cork(id, corked);
+                None
+            }
+            Action::Flush => {
+                self.backend.flush(id);
+                None
+            }
+            Action::SetBuffer { tlength_bytes } => {
+                self.backend.set_buffer(id, tlength_bytes);
+                None
+            }
+            Action::Close { reason, peer_fault } => {
+                let client = self.clients.remove(&id)?;
+                // Dropping the sender lets the writer send what is queued,
+                // then shut the socket down.
+                drop(client.outgoing);
+                self.backend.close(id);
+                if peer_fault {
+                    if let Some(suppressed) = self.peer_logs.check(Instant::now()) {
+                        log::warn!(
+                            "client {id} ({}) closed: {reason} ({suppressed} similar lines suppressed)",
+                            client.peer
+                        );
+                    }
+                } else {
+                    log::info!("client {id} ({}) closed: {reason}", client.peer);
+                }
+                None
+            }
+        }
+    }
+
+    fn drop_client(&mut self, id: ClientId, reason: &str) {
+        if let Some(client) = self.clients.remove(&id) {
+            self.backend.close(id);
+            if let Some(suppressed) = self.peer_logs.check(Instant::now()) {
+                log::warn!(
+                    "client {id} ({}) dropped: {reason} ({suppressed} similar lines suppressed)",
+                    client.peer
+                );
+            }
+        }
+    }
+}

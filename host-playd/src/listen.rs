@@ -1,0 +1,490 @@
+//! Listening addresses (`unix:PATH`, `tcp:HOST:PORT`, `vsock:CID:PORT`), the
+//! listeners bound to them, and their accept loops.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, ErrorKind};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use vsock::VsockListener;
+
+use crate::clock::{HostClock, RateLimit};
+use crate::connection::{self, Conn, Counters};
+use crate::engine::EngineHandle;
+
+/// `VMADDR_CID_ANY`: listen on every context id of this host.
+pub const VSOCK_CID_ANY: u32 = u32::MAX;
+
+/// Where host-playd listens for guests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A unix socket file, created mode 0666.
+    Unix(PathBuf),
+    /// A TCP address; `host` is a name or an IP (IPv6 in brackets).
+    Tcp { host: String, port: u16 },
+    /// A vsock address; `cid` may be [`VSOCK_CID_ANY`] (written `any`).
+    Vsock { cid: u32, port: u32 },
+}
+
+/// Why a listen address did not parse.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AddrError {
+    #[error("{0:?} has no scheme; expected unix:PATH, tcp:HOST:PORT or vsock:CID:PORT")]
+    NoScheme(String),
+    #[error("unknown scheme {0:?}; expected unix, tcp or vsock")]
+    UnknownScheme(String),
+    #[error("unix: needs a socket path")]
+    EmptyPath,
+    #[error("{0:?} is not HOST:PORT")]
+    NoPort(String),
+    #[error("empty host in {0:?}")]
+    EmptyHost(String),
+    #[error("bad port {0:?}")]
+    BadPort(String),
+    #[error("bad vsock context id {0:?} (a number or \"any\")")]
+    BadCid(String),
+}
+
+impl FromStr for ListenAddr {
+    type Err = AddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (scheme, rest) = s
+            .split_once(':')
+            .ok_or_else(|| AddrError::NoScheme(s.to_owned()))?;
+        match scheme {
+            "unix" => {
+                if rest.is_empty() {
+                    return Err(AddrError::EmptyPath);
+                }
+                Ok(ListenAddr::Unix(PathBuf::from(rest)))
+            }
+            "tcp" => {
+                let (host, port) = rest
+                    .rsplit_once(':')
+                    .ok_or_else(|| AddrError::NoPort(rest.to_owned()))?;
+                let host = host
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(host);
+                if host.is_empty() {
+                    return Err(AddrError::EmptyHost(rest.to_owned()));
+                }
+                if host.contains(':') && !rest.starts_with('[') {
+                    // "tcp:::1:80" is ambiguous; IPv6 goes in brackets.
+                    return Err(AddrError::NoPort(rest.to_owned()));
+                }
+                let port = port
+                    .parse()
+                    .map_err(|_| AddrError::BadPort(port.to_owned()))?;
+                Ok(ListenAddr::Tcp {
+                    host: host.to_owned(),
+                    port,
+                })
+            }
+            "vsock" => {
+                let (cid, port) = rest
+                    .split_once(':')
+                    .ok_or_else(|| AddrError::NoPort(rest.to_owned()))?;
+                let cid = match cid {
+                    "any" | "-1" => VSOCK_CID_ANY,
+                    _ => cid.parse().map_err(|_| AddrError::BadCid(cid.to_owned()))?,
+                };
+                let port = port
+                    .parse()
+                    .map_err(|_| AddrError::BadPort(port.to_owned()))?;
+                Ok(ListenAddr::Vsock { cid, port })
+            }
+            other => Err(AddrError::UnknownScheme(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            ListenAddr::Tcp { host, port } if host.contains(':') => {
+                write!(f, "tcp:[{host}]:{port}")
+            }
+            ListenAddr::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
+            ListenAddr::Vsock { cid, port } if *cid == VSOCK_CID_ANY => {
+                write!(f, "vsock:any:{port}")
+            }
+            ListenAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+        }
+    }
+}
+
+/// Why a listener could not be bound.
+#[derive(Debug, Error)]
+pub enum BindError {
+    #[error("cannot listen on {addr}: {source}")]
+    Io {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot listen on {addr}: another process is listening there")]
+    InUse { addr: String },
+    #[error("cannot listen on {addr}: the path exists and is not a socket")]
+    NotASocket { addr: String },
+    #[error(
+        "cannot listen on {addr}: {source} (is the vhost_vsock or vsock_loopback module loaded?)"
+    )]
+    Vsock {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[derive(Debug)]
+enum Socket {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+    Vsock(VsockListener),
+}
+
+/// A bound listener. A unix socket file is removed when this is dropped, if
+/// it is still the file this listener created.
+#[derive(Debug)]
+pub struct Listener {
+    socket: Socket,
+    /// What to show in logs: the address with any port 0 resolved.
+    name: String,
+    unix_file: Option<(PathBuf, u64, u64)>,
+}
+
+impl Listener {
+    /// Binds `addr`. A stale unix socket file (nothing accepts on it) is
+    /// replaced; a live one or a non-socket file is an error.
+    pub fn bind(addr: &ListenAddr) -> Result<Listener, BindError> {
+        let name = addr.to_string();
+        let io_err = |source| BindError::Io {
+            addr: name.clone(),
+            source,
+        };
+        match addr {
+            ListenAddr::Unix(path) => {
+                remove_stale_socket(path, &name)?;
+                let listener = UnixListener::bind(path).map_err(io_err)?;
+                let meta = fs::metadata(path).map_err(io_err)?;
+                // Guests reach the socket through a VMM running as another
+                // user, so the file is world-writable; restrict access with
+                // the permissions of the directory holding it.
+                fs::set_permissions(path, fs::Permissions::from_mode(0o666)).map_err(io_err)?;
+                Ok(Listener {
+                    socket: Socket::Unix(listener),
+                    name,
+                    unix_file: Some((path.clone(), meta.dev(), meta.ino())),
+                })
+            }
+            ListenAddr::Tcp { host, port } => {
+                let listener = TcpListener::bind((host.as_str(), *port)).map_err(io_err)?;
+                let name = match listener.local_addr() {
+                    Ok(local) => format!("tcp:{local}"),
+                    Err(_) => name,
+                };
+                Ok(Listener {
+                    socket: Socket::Tcp(listener),
+                    name,
+                    unix_file: None,
+                })
+            }
+            ListenAddr::Vsock { cid, port } => {
+                let listener =
+                    VsockListener::bind_with_cid_port(*cid, *port).map_err(|source| {
+                        BindError::Vsock {
+                            addr: name.clone(),
+                            source,
+                        }
+                    })?;
+                Ok(Listener {
+                    socket: Socket::Vsock(listener),
+                    name,
+                    unix_file: None,
+                })
+            }
+        }
+    }
+
+    /// The address as bound (a TCP port 0 shows the port chosen).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn try_clone_socket(&self) -> io::Result<Socket> {
+        Ok(match &self.socket {
+            Socket::Unix(l) => Socket::Unix(l.try_clone()?),
+            Socket::Tcp(l) => Socket::Tcp(l.try_clone()?),
+            Socket::Vsock(l) => Socket::Vsock(l.try_clone()?),
+        })
+    }
+
+    /// Starts a thread accepting guests on this listener until the process
+    /// ends. At most `max_connections` connections are served at once; more
+    /// are closed at once (with a rate-limited log line).
+    pub fn spawn_acceptor(
+        &self,
+        engine: EngineHandle,
+        clock: HostClock,
+        counters: Counters,
+        next_id: Arc<AtomicU64>,
+        max_connections: usize,
+    ) -> io::Result<()> {
+        let socket = self.try_clone_socket()?;
+        let name = self.name.clone();
+        thread::Builder::new()
+            .name(format!("accept {name}"))
+            .spawn(move || {
+                let mut limit = RateLimit::new(5, Duration::from_secs(10));
+                loop {
+                    let (conn, peer) = match accept(&socket) {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            if limit.check(Instant::now()).is_some() {
+                                log::warn!("accept on {name} failed: {e}");
+                            }
+                            thread::sleep(Duration::from_millis(100));
+                            continue;
+                        }
+                    };
+                    if counters.readers.load(Ordering::SeqCst) >= max_connections {
+                        if limit.check(Instant::now()).is_some() {
+                            log::warn!("refusing {peer} on {name}: {max_connections} connections");
+                        }
+                        conn.shutdown_both();
+                        continue;
+                    }
+                    let id = next_id.fetch_add(1, Ordering::SeqCst);
+                    let peer = format!("{name} {peer}");
+                    if let Err(e) =
+                        connection::spawn(id, conn, peer, engine.clone(), clock, &counters)
+                    {
+                        log::error!("cannot serve a connection on {name}: {e}");
+                    }
+                }
+            })?;
+        Ok(())
+    }
+}
+
+fn accept(socket: &Socket) -> io::Result<(Box<dyn Conn>, String)> {
+    Ok(match socket {
+        Socket::Unix(l) => {
+            let (stream, _) = l.accept()?;
+            (Box::new(stream), "local".to_owned())
+        }
+        Socket::Tcp(l) => {
+            let (stream, peer): (TcpStream, _) = l.accept()?;
+            // Clock reports and pongs are small and late ones are wrong.
+            stream.set_nodelay(true)?;
+            (Box::new(stream), peer.to_string())
+        }
+        Socket::Vsock(l) => {
+            let (stream, peer) = l.accept()?;
+            (Box::new(stream), peer.to_string())
+        }
+    })
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let Some((path, dev, ino)) = &self.unix_file else {
+            return;
+        };
+        // Leave the file alone if someone else has replaced it since.
+        if let Ok(meta) = fs::symlink_metadata(path) {
+            if meta.dev() == *dev && meta.ino() == *ino {
+                if let Err(e) = fs::remove_file(path) {
+                    log::warn!("cannot remove {}: {e}", path.display());
+                }
+            }
+        }
+    }
+}
+
+/// Removes `path` if it is a socket nobody accepts on.
+fn remove_stale_socket(path: &Path, name: &str) -> Result<(), BindError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(BindError::Io {
+                addr: name.to_owned(),
+                source,
+            })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(BindError::NotASocket {
+            addr: name.to_owned(),
+        });
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(BindError::InUse {
+            addr: name.to_owned(),
+        }),
+        Err(_) => {
+            log::info!("removing stale socket {}", path.display());
+            fs::remove_file(path).map_err(|source| BindError::Io {
+                addr: name.to_owned(),
+                source,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn parse(s: &str) -> Result<ListenAddr, AddrError> {
+        s.parse()
+    }
+
+    #[test]
+    fn parses_every_scheme() {
+        assert_eq!(
+            parse("unix:/run/host-playd.sock"),
+            Ok(ListenAddr::Unix("/run/host-playd.sock".into()))
+        );
+        assert_eq!(
+            parse("unix:rel:ative"),
+            Ok(ListenAddr::Unix("rel:ative".into()))
+        );
+        assert_eq!(
+            parse("tcp:127.0.0.1:4713"),
+            Ok(ListenAddr::Tcp {
+                host: "127.0.0.1".into(),
+                port: 4713
+            })
+        );
+        assert_eq!(
+            parse("tcp:localhost:0"),
+            Ok(ListenAddr::Tcp {
+                host: "localhost".into(),
+                port: 0
+            })
+        );
+        assert_eq!(
+            parse("tcp:[::1]:4713"),
+            Ok(ListenAddr::Tcp {
+                host: "::1".into(),
+                port: 4713
+            })
+        );
+        assert_eq!(
+            parse("vsock:2:5000"),
+            Ok(ListenAddr::Vsock { cid: 2, port: 5000 })
+        );
+        assert_eq!(
+            parse("vsock:any:5000"),
+            Ok(ListenAddr::Vsock {
+                cid: VSOCK_CID_ANY,
+                port: 5000
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_addresses() {
+        assert_eq!(parse("/tmp/x"), Err(AddrError::NoScheme("/tmp/x".into())));
+        assert_eq!(
+            parse("udp:1.2.3.4:5"),
+            Err(AddrError::UnknownScheme("udp".into()))
+        );
+        assert_eq!(parse("unix:"), Err(AddrError::EmptyPath));
+        assert_eq!(parse("tcp:4713"), Err(AddrError::NoPort("4713".into())));
+        assert_eq!(
+            parse("tcp::4713"),
+            Err(AddrError::EmptyHost(":4713".into()))
+        );
+        assert_eq!(
+            parse("tcp:[]:4713"),
+            Err(AddrError::EmptyHost("[]:4713".into()))
+        );
+        assert_eq!(
+            parse("tcp:::1:4713"),
+            Err(AddrError::NoPort("::1:4713".into()))
+        );
+        assert_eq!(
+            parse("tcp:h:65536"),
+            Err(AddrError::BadPort("65536".into()))
+        );
+        assert_eq!(parse("tcp:h:-1"), Err(AddrError::BadPort("-1".into())));
+        assert_eq!(parse("vsock:3"), Err(AddrError::NoPort("3".into())));
+        assert_eq!(parse("vsock:x:3"), Err(AddrError::BadCid("x".into())));
+        assert_eq!(parse("vsock:3:y"), Err(AddrError::BadPort("y".into())));
+        assert_eq!(
+            parse("vsock:3:4294967296"),
+            Err(AddrError::BadPort("4294967296".into()))
+        );
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "unix:/tmp/a b",
+            "tcp:127.0.0.1:1",
+            "tcp:[::1]:2",
+            "vsock:any:3",
+            "vsock:7:4",
+        ] {
+            assert_eq!(parse(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn unix_listener_replaces_stale_socket_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let addr = ListenAddr::Unix(path.clone());
+        // A stale socket: bound once, listener gone, file left behind.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let live = Listener::bind(&addr).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666);
+        // A live one is not stolen.
+        assert!(matches!(
+            Listener::bind(&addr),
+            Err(BindError::InUse { .. })
+        ));
+        drop(live);
+        assert!(!path.exists(), "socket file removed on drop");
+        // A regular file is never removed.
+        fs::write(&path, b"data").unwrap();
+        assert!(matches!(
+            Listener::bind(&addr),
+            Err(BindError::NotASocket { .. })
+        ));
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn vsock_bind_failure_is_a_clear_error() {
+        // No vsock transport is loaded on most build machines; where one is,
+        // binding succeeds and there is nothing to check.
+        if let Err(e) = Listener::bind(&ListenAddr::Vsock {
+            cid: VSOCK_CID_ANY,
+            port: 54_321,
+        }) {
+            let text = e.to_string();
+            assert!(text.contains("vsock:any:54321"), "{text}");
+            assert!(text.contains("vsock"), "{text}");
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The per-connection protocol state machine, free of I/O.
+//!
+//! The engine feeds a [`Session`] every decoded guest message and every
+//! backend event, each with the host clock, and carries out the [`Action`]s
+//! it returns. Keeping the rules here, away from sockets and PulseAudio, lets
+//! the tests drive every order of events a hostile or broken guest can
+//! produce.
+
+use secure_tunnel_protocol::{
+    Accept, ClockReport, GuestMessage, HostMessage, RejectReason, StreamSpec, MAX_REASON_LEN,
+    PROTOCOL_VERSION,
+};
+
+use crate::backend::{StreamParams, StreamStatus};
+
+/// Clock report interval while the stream plays.
+pub const CLOCK_INTERVAL_PLAYING_USEC: u64 = 20_000;
+/// Clock report interval while the stream is corked or starved.
+pub const CLOCK_INTERVAL_IDLE_USEC: u64 = 200_000;
+/// Reports are sent this much before their interval is up, because the
+/// engine samples streams every few milliseconds (see `engine::ACTIVE_POLL`):
+/// the gap between two reports then never exceeds the interval.
+pub const CLOCK_SLACK_USEC: u64 = 5_000;
+/// How long the backend may take to open a stream after the Hello.
+pub const OPEN_TIMEOUT_USEC: u64 = 5_000_000;
+
+/// Input to a session besides guest messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A decoded, validated guest message.
+    Message(GuestMessage),
+    /// The guest's byte stream could not be decoded; the text says why.
+    ProtocolError(String),
+    /// The stream asked for by [`Action::OpenStream`] is ready.
+    StreamOpened { buffer_bytes: u32 },
+    /// The stream could not be opened, for `reason`.
+    OpenRefused {
+        reason: RejectReason,
+        message: String,
+    },
+    /// The open stream failed.
+    StreamFailed { reason: String },
+    /// A fresh sample of the open stream.
+    Status(StreamStatus),
+    /// Time passed (lets deadlines fire).
+    Tick,
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+/// What the engine must do on the session's behalf, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Queue a message to the guest.
+    Send(HostMessage),
+    /// Open the host stream.
+    OpenStream(StreamParams),
+    /// Write whole frames to the host stream.
+    Write(Vec<u8>),
+    /// Cork (`true`) or uncork the host stream.
+    Cork(bool),
+    /// Flush the host stream.
+    Flush,
+    /// Change the host stream's buffer.
+    SetBuffer { tlength_bytes: u32 },
+    /// Close the connection after the queued messages, and the stream if any.
+    /// `peer_fault` tells whether the guest broke the protocol (log louder).
+    Close { reason: String, peer_fault: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    AwaitHello { deadline_usec: u64 },
+    Opening { deadline_usec: u64 },
+    Streaming,
+    Closed,
+}
+
+/// One guest connection's protocol state.
+#[derive(Debug, Clone)]
+pub struct Session {
+    state: State,
+    spec: Option<StreamSpec>,
+    stream_name: String,
+    tlength_bytes: u32,
+    received_bytes: u64,
+    granted_bytes: u64,
+    played_bytes: u64,
+    last_clock_usec: Option<u64>,
+    last_playing: bool,
+    /// A clock report is due at once (after a flush, cork or uncork).
+    clock_dirty: bool,
+}
+
+impl Session {
+    /// A session for a guest that connected at `now_usec`; it must say Hello
+    /// within `handshake_timeout_usec`.
+    pub fn new(now_usec: u64, handshake_timeout_usec: u64, peer: &str) -> Self {
+        Session {
+            state: State::AwaitHello {
+                deadline_usec: now_usec.saturating_add(handshake_timeout_usec),
+            },
+            spec: None,
+            stream_name: peer.to_owned(),
+            tlength_bytes: 0,
+            received_bytes: 0,
+            granted_bytes: 0,
+            played_bytes: 0,
+            last_clock_usec: None,
+            last_playing: false,
+            clock_dirty: false,
+        }
+    }
+
+    /// Whether the session holds (or is opening) a host stream.
+    pub fn has_stream(&self) -> bool {
+        matches!(self.state, State::Opening { .. } | State::Streaming)
+    }
+
+    /// Whether the stream is open and wants [`Event::Status`] samples.
+    pub fn is_streaming(&self) -> bool {
+        self.state == State::Streaming
+    }
+
+    /// Whether the session has finished; the engine drops it.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Audio bytes received from the guest since the handshake.
+    pub fn received_bytes(&self) -> u64 {
+        self.received_bytes
+    }
+
+    /// The cumulative credit granted so far.
+    pub fn granted_bytes(&self) -> u64 {
+        self.granted_bytes
+    }
+
+    /// Handles one event at host time `now_usec`, appending actions to `out`.
+    pub fn handle(&mut self, now_usec: u64, event: Event, out: &mut Vec<Action>) {
+        match (&self.state, event) {
+            (State::Closed, _) => {}
+            (_, Event::Shutdown) => self.shutdown(out),
+            (State::AwaitHello { .. }, event) => self.await_hello(now_usec, event, out),
+            (State::Opening { .. }, event) => self.opening(now_usec, event, out),
+            (State::Streaming, event) => self.streaming(now_usec, event, out),
+        }
+    }
+
+    fn await_hello(&mut self, now_usec: u64, event: Event, out: &mut Vec<Action>) {
+        match event {
+            Event::Message(GuestMessage::Hello(hello)) => {
+                if hello.version != PROTOCOL_VERSION {
+                    let message = format!(
+                        "protocol version {} is not supported; this host speaks {PROTOCOL_VERSION}",
+                        hello.version
+                    );
+                    self.reject(RejectReason::UnsupportedVersion, message, out);
+                    return;
+                }
+                let tlength = hello
+                    .spec
+                    .usec_to_bytes(u64::from(hello.target_latency_usec))
+                    .max(u64::from(hello.spec.frame_size()));
+                let Ok(tlength_bytes) = u32::try_from(tlength) else {
+                    let message = format!("a buffer of {tlength} bytes is too large");
+                    self.reject(RejectReason::BadRequest, message, out);
+                    return;
+                };
+                self.tlength_bytes = tlength_bytes;
+                self.stream_name = hello.stream_name.clone();
+                self.spec = Some(hello.spec.clone());
+                self.state = State::Opening {
+                    deadline_usec: now_usec.saturating_add(OPEN_TIMEOUT_USEC),
+                };
+                out.push(Action::OpenStream(StreamParams {
+                    spec: hello.spec,
+                    tlength_bytes,
+                    name: hello.stream_name,
+                }));
+            }
+            Event::Message(other) => {
+                let message = format!("expected Hello first, got {}", message_name(&other));
+                self.reject(RejectReason::BadRequest, message, out);
+            }
+            Event::ProtocolError(error) => {
+                self.reject(RejectReason::BadRequest, format!("bad Hello: {error}"), out);
+            }
+            Event::Tick => {
+                if let State::AwaitHello { deadline_usec } = self.state {
+                    if now_usec >= deadline_usec {
+                        self.close("no Hello within the handshake timeout", true, out);
+                    }
+                }
+            }
+            // Backend events cannot concern a session without a stream.
+            Event::StreamOpened { .. }
+            | Event::OpenRefused { .. }
+            | Event::StreamFailed { .. }
+            | Event::Status(_)
+            | Event::Shutdown => {}
+        }
+    }
+
+    fn opening(&mut self, now_usec: u64, event: Event, out: &mut Vec<Action>) {
+        match event {
+            Event::StreamOpened { buffer_bytes } => {
+                self.tlength_bytes = buffer_bytes;
+                self.state = State::Streaming;
+                out.push(Action::Send(HostMessage::Accept(Accept {
+                    version: PROTOCOL_VERSION,
+                    buffer_bytes,
+                    host_time_usec: now_usec,
+                })));
+            }
+            Event::OpenRefused { reason, message } => self.reject(reason, message, out),
+            Event::StreamFailed { reason } => {
+                self.reject(
+                    RejectReason::ServerError,
+                    format!("could not open the host stream: {reason}"),
+                    out,
+                );
+            }
+            Event::Message(GuestMessage::Ping { guest_time_usec }) => {
+                out.push(pong(guest_time_usec, now_usec));
+            }
+            Event::Message(GuestMessage::Goodbye { reason }) => {
+                self.close(&format!("guest said goodbye: {reason}"), false, out);
+            }
+            Event::Message(other) => {
+                let message = format!("{} before Accept", message_name(&other));
+                self.reject(RejectReason::BadRequest, message, out);
+            }
+            Event::ProtocolError(error) => {
+                self.reject(RejectReason::BadRequest, error, out);
+            }
+            Event::Tick => {
+                if let State::Opening { deadline_usec } = self.state {
+                    if now_usec >= deadline_usec {
+                        let message = "timed out opening the host stream".to_owned();
+                        self.reject(RejectReason::ServerError, message, out);
+                    }
+                }
+            }
+            Event::Status(_) | Event::Shutdown => {}
+        }
+    }
+
+    fn streaming(&mut self, now_usec: u64, event: Event, out: &mut Vec<Action>) {
+        match event {
+            Event::Message(message) => self.guest_message(now_usec, message, out),
+            Event::ProtocolError(error) => self.goodbye(&error, true, out),
+            Event::StreamFailed { reason } => {
+                self.goodbye(&format!("host stream failed: {reason}"), false, out);
+            }
+            Event::Status(status) => self.status(status, out),
+            Event::StreamOpened { .. } | Event::OpenRefused { .. } => {}
+            Event::Tick | Event::Shutdown => {}
+        }
+    }
+
+    fn guest_message(&mut self, now_usec: u64, message: GuestMessage, out: &mut Vec<Action>) {
+        match message {
+            GuestMessage::Hello(_) => self.goodbye("second Hello", true, out),
+            GuestMessage::Audio(data) => self.audio(data, out),
+            GuestMessage::Cork => {
+                self.clock_dirty = true;
+                out.push(Action::Cork(true));
+            }
+            GuestMessage::Uncork => {
+                self.clock_dirty = true;
+                out.push(Action::Cork(false));
+            }
+            GuestMessage::Flush => {
+                // Dropped audio counts as played: the guest's latency
+                // arithmetic must not wait for bytes that will never sound.
+                self.played_bytes = self.received_bytes;
+                self.clock_dirty = true;
+                out.push(Action::Flush);
+            }
+            GuestMessage::SetLatency {
+                target_latency_usec,
+            } => {
+                let Some(spec) = &self.spec else { return };
+                let tlength = spec
+                    .usec_to_bytes(u64::from(target_latency_usec))
+                    .max(u64::from(spec.frame_size()));
+                match u32::try_from(tlength) {
+                    Ok(tlength_bytes) => {
+                        self.tlength_bytes = tlength_bytes;
+                        out.push(Action::SetBuffer { tlength_bytes });
+                    }
+                    Err(_) => self.goodbye(
+                        &format!("a buffer of {tlength} bytes is too large"),
+                        true,
+                        out,
+                    ),
+                }
+            }
+            GuestMessage::Ping { guest_time_usec } => out.push(pong(guest_time_usec, now_usec)),
+            GuestMessage::Goodbye { reason } => {
+                self.close(&format!("guest said goodbye: {reason}"), false, out);
+            }
+        }
+    }
+
+    fn audio(&mut self, data: Vec<u8>, out: &mut Vec<Action>) {
+        let frame = self.frame_size();
+        let len = data.len() as u64;
+        if len % frame != 0 {
+            let reason = format!("audio chunk of {len} bytes is not whole {frame}-byte frames");
+            self.goodbye(&reason, true, out);
+            return;
+        }
+        match self.received_bytes.checked_add(len) {
+            Some(total) if total <= self.granted_bytes => {
+                self.received_bytes = total;
+                out.push(Action::Write(data));
+            }
+            _ => {
+                let reason = format!(
+                    "credit breach: {len} more bytes after {} exceeds the limit of {}",
+                    self.received_bytes, self.granted_bytes
+                );
+                self.goodbye(&reason, true, out);
+            }
+        }
+    }
+
+    fn status(&mut self, status: StreamStatus, out: &mut Vec<Action>) {
+        let frame = self.frame_size();
+        // Credit: what the guest already sent plus what the stream takes now,
+        // never more than one buffer ahead, never shrinking.
+        let writable = status.writable_bytes.min(u64::from(self.tlength_bytes));
+        let writable = writable - writable % frame;
+        let limit = self.received_bytes.saturating_add(writable);
+        let threshold = (u64::from(self.tlength_bytes) / 4 / frame * frame).max(frame);
+        if limit >= self.granted_bytes.saturating_add(threshold) {
+            self.granted_bytes = limit;
+            out.push(Action::Send(HostMessage::Credit { limit_bytes: limit }));
+        }
+
+        let played = status.played_bytes.min(self.received_bytes);
+        self.played_bytes = self.played_bytes.max(played);
+
+        let interval = if status.playing {
+            CLOCK_INTERVAL_PLAYING_USEC
+        } else {
+            CLOCK_INTERVAL_IDLE_USEC
+        };
+        let due = match self.last_clock_usec {
+            None => true,
+            Some(last) => status.host_time_usec.saturating_sub(last) + CLOCK_SLACK_USEC >= interval,
+        };
+        if due || self.clock_dirty || status.playing != self.last_playing {
+            self.last_clock_usec = Some(status.host_time_usec);
+            self.last_playing = status.playing;
+            self.clock_dirty = false;
+            out.push(Action::Send(HostMessage::Clock(ClockReport {
+                host_time_usec: status.host_time_usec,
+                received_bytes: self.received_bytes,
+                played_bytes: self.played_bytes,
+                device_latency_usec: status.device_latency_usec,
+                underruns: status.underruns,
+                playing: status.playing,
+            })));
+        }
+    }
+
+    fn shutdown(&mut self, out: &mut Vec<Action>) {
+        match self.state {
+            State::AwaitHello { .. } | State::Opening { .. } => self.reject(
+                RejectReason::ServerError,
+                "host-playd is shutting down".to_owned(),
+                out,
+            ),
+            State::Streaming => self.goodbye("host-playd is shutting down", false, out),
+            State::Closed => {}
+        }
+    }
+
+    fn frame_size(&self) -> u64 {
+        self.spec
+            .as_ref()
+            .map_or(1, |spec| u64::from(spec.frame_size()).max(1))
+    }
+
+    fn reject(&mut self, reason: RejectReason, message: String, out: &mut Vec<Action>) {
+        let peer_fault = !matches!(
+            reason,
+            RejectReason::ServerError | RejectReason::TooManyClients
+        );
+        let log = format!("rejected ({reason:?}): {message}");
+        out.push(Action::Send(HostMessage::Reject {
+            reason,
+            message: bounded_text(&message),
+        }));
+        self.close(&log, peer_fault, out);
+    }
+
+    fn goodbye(&mut self, reason: &str, peer_fault: bool, out: &mut Vec<Action>) {
+        out.push(Action::Send(HostMessage::Goodbye {
+            reason: bounded_text(reason),
+        }));
+        self.close(reason, peer_fault, out);
+    }
+
+    fn close(&mut self, reason: &str, peer_fault: bool, out: &mut Vec<Action>) {
+        self.state = State::Closed;
+        out.push(Action::Close {
+            reason: reason.to_owned(),
+            peer_fault,
+        });
+    }
+}
+
+fn pong(guest_time_usec: u64, now_usec: u64) -> Action {
+    Action::Send(HostMessage::Pong {
+        guest_time_usec,
+        host_time_usec: now_usec,
+    })
+}
+
+/// The variant name of a guest message, for log and reject texts (never the
+/// payload, which the peer controls).
+pub fn message_name(message: &GuestMessage) -> &'static str {
+    match message {
+        GuestMessage::Hello(_) => "Hello",
+        GuestMessage::Audio(_) => "Audio",
+        GuestMessage::Cork => "Cork",
+        GuestMessage::Uncork => "Uncork",
+        GuestMessage::Flush => "Flush",
+        GuestMessage::SetLatency { .. } => "SetLatency",
+        GuestMessage::Ping { .. } => "Ping",
+        GuestMessage::Goodbye { .. } => "Goodbye",
+    }
+}
+
+/// `text` made fit for a reject or goodbye: control characters replaced and
+/// cut at a character boundary to [`MAX_REASON_LEN`] bytes.
+pub fn bounded_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_REASON_LEN));
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > MAX_REASON_LEN {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
