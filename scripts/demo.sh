@@ -78,8 +78,13 @@ paplay --server "$guest" -d secure_tunnel "$work/chord.wav" &
 player=$!
 sleep 1.5
 echo "demo: the tunnel sink as the guest sees it, mid-playback:"
-pactl --server "$guest" list sinks | awk '/^Sink #/{show=0} /Name: secure_tunnel$/{show=1} show' \
-  | grep -E 'Name:|Description:|State:|Latency:|Flags:|secure_tunnel.server'
+# Print the whole block of the sink named secure_tunnel.
+pactl --server "$guest" list sinks \
+  | awk '/^Sink #/ { if (keep) printf "%s", block; block = ""; keep = 0 }
+         { block = block $0 "\n" }
+         /Name: secure_tunnel$/ { keep = 1 }
+         END { if (keep) printf "%s", block }' \
+  | grep -E 'State:|Name:|Description:|Latency:|Flags:|secure_tunnel.server'
 wait "$player"
 echo "demo: host-playd said:"
 tail -5 "$work/host-playd.log"

@@ -233,7 +233,10 @@ fn sink_properties_and_two_instances() {
         let index = guest
             .load_module(
                 MODULE_NAME,
-                &format!("server=unix:{server} sink_name={name} {FORMAT}"),
+                &format!(
+                    "server=unix:{server} sink_name={name} {FORMAT} \
+                     sink_properties=device.icon_name=icon-of-{name}"
+                ),
             )
             .unwrap_or_else(|e| panic!("loading {name}: {e}\n{}", guest.log_tail()));
         indices.push(index);
@@ -256,6 +259,11 @@ fn sink_properties_and_two_instances() {
             sink.flags
         );
         assert_eq!(sink.owner_module, Some(*index), "{name}'s owner module");
+        assert_eq!(
+            sink.property("device.icon_name").as_deref(),
+            Some(format!("icon-of-{name}").as_str()),
+            "{name}'s sink_properties were not applied"
+        );
     }
     for index in &indices {
         guest
