@@ -15,8 +15,8 @@ pub const LATENCY_MSEC_RANGE: std::ops::RangeInclusive<u32> = 10..=5_000;
 pub const DEFAULT_RECONNECT_MSEC: u32 = 1_000;
 /// Accepted range of `reconnect_interval_msec`.
 pub const RECONNECT_MSEC_RANGE: std::ops::RangeInclusive<u32> = 100..=60_000;
-/// Highest latency an application may ask the sink for.
-pub const MAX_SINK_LATENCY_USEC: u64 = 2_000_000;
+/// Default highest latency an application may ask the sink for.
+pub const DEFAULT_MAX_LATENCY_MSEC: u32 = 2_000;
 /// Default `sink_name`.
 pub const DEFAULT_SINK_NAME: &str = "secure_tunnel";
 
@@ -127,6 +127,8 @@ pub struct RawArgs<'a> {
     pub sink_name: Option<&'a str>,
     pub latency_msec: Option<&'a str>,
     pub reconnect_interval_msec: Option<&'a str>,
+    pub min_latency_msec: Option<&'a str>,
+    pub max_latency_msec: Option<&'a str>,
 }
 
 /// The validated tunnel settings.
@@ -136,6 +138,11 @@ pub struct TunnelConfig {
     pub sink_name: String,
     pub latency_msec: u32,
     pub reconnect_interval_msec: u32,
+    /// Lowest latency applications may ask for (default: `latency_msec`).
+    pub min_latency_msec: u32,
+    /// Highest latency applications may ask for (default: 2000 ms, and at
+    /// least `latency_msec`).
+    pub max_latency_msec: u32,
 }
 
 fn parse_msec(
@@ -193,21 +200,46 @@ impl TunnelConfig {
             .parse()?;
         let sink_name = args.sink_name.unwrap_or(DEFAULT_SINK_NAME);
         check_sink_name(sink_name)?;
+        let latency_msec = parse_msec(
+            "latency_msec",
+            args.latency_msec,
+            DEFAULT_LATENCY_MSEC,
+            LATENCY_MSEC_RANGE,
+        )?;
+        let min_latency_msec = parse_msec(
+            "min_latency_msec",
+            args.min_latency_msec,
+            latency_msec,
+            LATENCY_MSEC_RANGE,
+        )?;
+        let max_latency_msec = parse_msec(
+            "max_latency_msec",
+            args.max_latency_msec,
+            DEFAULT_MAX_LATENCY_MSEC.max(latency_msec),
+            LATENCY_MSEC_RANGE,
+        )?;
+        if !(min_latency_msec..=max_latency_msec).contains(&latency_msec) {
+            return Err(ConfigError::BadValue {
+                key: "latency_msec",
+                value: latency_msec.to_string(),
+                reason: format!(
+                    "must lie within min_latency_msec..=max_latency_msec \
+                     ({min_latency_msec}..={max_latency_msec})"
+                ),
+            });
+        }
         Ok(TunnelConfig {
             server,
             sink_name: sink_name.to_owned(),
-            latency_msec: parse_msec(
-                "latency_msec",
-                args.latency_msec,
-                DEFAULT_LATENCY_MSEC,
-                LATENCY_MSEC_RANGE,
-            )?,
+            latency_msec,
             reconnect_interval_msec: parse_msec(
                 "reconnect_interval_msec",
                 args.reconnect_interval_msec,
                 DEFAULT_RECONNECT_MSEC,
                 RECONNECT_MSEC_RANGE,
             )?,
+            min_latency_msec,
+            max_latency_msec,
         })
     }
 }
@@ -299,6 +331,30 @@ mod tests {
             err.to_string().contains("reconnect_interval_msec=50"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn latency_range_defaults_to_the_target_and_must_contain_it() {
+        let cfg = TunnelConfig::from_args(RawArgs {
+            latency_msec: Some("40"),
+            ..args("unix:/s")
+        })
+        .unwrap();
+        assert_eq!((cfg.min_latency_msec, cfg.max_latency_msec), (40, 2000));
+        let cfg = TunnelConfig::from_args(RawArgs {
+            latency_msec: Some("3000"),
+            min_latency_msec: Some("20"),
+            ..args("unix:/s")
+        })
+        .unwrap();
+        assert_eq!((cfg.min_latency_msec, cfg.max_latency_msec), (20, 3000));
+        let err = TunnelConfig::from_args(RawArgs {
+            latency_msec: Some("30"),
+            min_latency_msec: Some("50"),
+            ..args("unix:/s")
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("latency_msec=30"), "{err}");
     }
 
     #[test]

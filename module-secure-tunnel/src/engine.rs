@@ -1,64 +1,63 @@
 //! What the sink's IO thread does, in safe Rust: when to render, where the
 //! audio goes, what the latency is, and the life of the connection. The thin
-//! FFI layer in `pulse/` calls it with the current time and the poll results.
+//! FFI layer in `pulse/` calls it with the current time.
 //!
 //! Two modes:
-//! - **connected**: render exactly what the host has granted (flow control),
-//!   so the guest follows the host's clock; latency comes from the host's
-//!   clock reports.
+//! - **connected**: a [`TunnelSession`] decides (render what the host
+//!   granted, so the guest follows the host's clock; latency from the host's
+//!   clock reports; cork when idle);
 //! - **disconnected**: behave like a null sink, consuming audio at real time,
 //!   so guest applications never hang; reconnect every
 //!   `reconnect_interval_msec`.
 
 use secure_tunnel_protocol::{
-    Accept, GuestMessage, Hello, HostMessage, StreamSpec, MAGIC, MAX_AUDIO_CHUNK, PROTOCOL_VERSION,
+    Accept, GuestMessage, Hello, StreamSpec, MAGIC, MAX_AUDIO_CHUNK, MAX_TARGET_LATENCY_USEC,
+    PROTOCOL_VERSION,
 };
-use secure_tunnel_timing::{ClockMapper, Credit, PlaybackEstimator};
 
 use crate::config::TunnelConfig;
-use crate::transport::{Connection, PendingConnect, TransportError};
+use crate::session::{Activity, Notice, TunnelSession};
+use crate::transport::{Connection, PendingConnect};
 
-/// Round-trip probes, for mapping host time onto guest time.
-const PING_INTERVAL_USEC: u64 = 250_000;
-/// A connected host that says nothing for this long is considered gone (it
-/// sends clock reports several times a second even when idle).
-const STALL_TIMEOUT_USEC: u64 = 2_000_000;
 /// Rendering block while disconnected.
 const NULL_BLOCK_USEC: u64 = 10_000;
 /// Most bytes rendered in one IO-thread wake-up.
 const MAX_RENDER_PER_WAKE: u64 = 4 * MAX_AUDIO_CHUNK as u64;
 /// Most bytes kept queued for a slow socket before rendering pauses.
 const MAX_BACKLOG: usize = 512 * 1024;
+/// Longest sleep of the IO thread when nothing is due.
+const MAX_SLEEP_USEC: u64 = 1_000_000;
 
-/// Something worth a line in PulseAudio's log, produced only on transitions
-/// so the IO thread never floods it.
+/// Something worth a line in PulseAudio's log or a sink property, produced
+/// only on transitions so the IO thread never floods either.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Connected { buffer_bytes: u32 },
+    Connected {
+        buffer_bytes: u32,
+    },
     ConnectFailed(String),
     Disconnected(String),
-    HostGoodbye(String),
+    /// The host reported `new` more underruns.
+    Underruns {
+        new: u32,
+    },
+}
+
+/// Counters published as sink properties.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub connected: bool,
+    /// Successful connections after the first.
+    pub reconnects: u32,
+    /// Host underruns over all connections.
+    pub underruns: u32,
 }
 
 #[derive(Debug)]
 enum Link {
     Idle { next_attempt: u64 },
     Connecting(PendingConnect),
-    Up(Box<Session>),
-}
-
-#[derive(Debug)]
-struct Session {
-    conn: Connection,
-    credit: Credit,
-    clock: ClockMapper,
-    playback: PlaybackEstimator,
-    /// Bytes rendered into this connection (equals bytes queued as Audio).
-    rendered: u64,
-    last_rx: u64,
-    next_ping: u64,
-    corked: bool,
-    latency_sent: u32,
+    Up(Box<(Connection, TunnelSession)>),
 }
 
 /// The IO thread's state.
@@ -69,10 +68,14 @@ pub struct Engine {
     link: Link,
     /// Null-sink pacing: the time up to which audio has been consumed.
     null_clock: Option<u64>,
-    opened: bool,
+    activity: Activity,
     target_latency_usec: u32,
     last_connect_error: Option<String>,
     events: Vec<Event>,
+    stats: Stats,
+    connections: u32,
+    /// Underruns of earlier connections.
+    underruns_before: u32,
 }
 
 impl Engine {
@@ -83,11 +86,19 @@ impl Engine {
             spec,
             link: Link::Idle { next_attempt: 0 },
             null_clock: None,
-            opened: false,
+            activity: Activity::Suspended,
             target_latency_usec,
             last_connect_error: None,
             events: Vec::new(),
+            stats: Stats::default(),
+            connections: 0,
+            underruns_before: 0,
         }
+    }
+
+    /// The counters as they stand.
+    pub fn stats(&self) -> Stats {
+        self.stats
     }
 
     pub fn spec(&self) -> &StreamSpec {
@@ -98,13 +109,21 @@ impl Engine {
         &self.config.sink_name
     }
 
-    /// Lowest latency the sink offers applications: the configured target.
-    pub fn min_latency_usec(&self) -> u64 {
-        u64::from(self.config.latency_msec) * 1000
-    }
-
     pub fn is_connected(&self) -> bool {
         matches!(self.link, Link::Up(_))
+    }
+
+    /// The latency range offered to applications, in microseconds.
+    pub fn latency_range_usec(&self) -> (u64, u64) {
+        (
+            u64::from(self.config.min_latency_msec) * 1000,
+            u64::from(self.config.max_latency_msec) * 1000,
+        )
+    }
+
+    /// The current end-to-end latency target.
+    pub fn target_latency_usec(&self) -> u32 {
+        self.target_latency_usec
     }
 
     /// Log-worthy transitions since the last call.
@@ -127,48 +146,41 @@ impl Engine {
         bytes - bytes % frame
     }
 
-    /// The sink was opened (RUNNING/IDLE) or closed (SUSPENDED).
-    pub fn set_opened(&mut self, opened: bool, now: u64) {
-        if opened == self.opened {
-            return;
+    /// The sink's state (re-asserting the same state is harmless).
+    pub fn set_activity(&mut self, activity: Activity, now: u64) {
+        let was_opened = self.activity != Activity::Suspended;
+        let opened = activity != Activity::Suspended;
+        self.activity = activity;
+        if opened != was_opened {
+            self.null_clock = opened.then_some(now);
         }
-        self.opened = opened;
-        self.null_clock = opened.then_some(now);
-        if let Link::Up(s) = &mut self.link {
-            let msg = if opened {
-                GuestMessage::Uncork
-            } else {
-                GuestMessage::Cork
-            };
-            s.corked = !opened;
-            if s.conn.queue(&msg).is_err() {
-                self.drop_link("cannot queue cork state".into(), now);
-            }
+        if let Link::Up(up) = &mut self.link {
+            up.1.set_activity(activity, now);
         }
     }
 
-    /// An application asked for a latency (`None`: no request); the target
-    /// follows, never below the configured `latency_msec`.
+    /// An application asked for a latency (`None`: no request, so the
+    /// configured `latency_msec`); clamped to the offered range.
     pub fn set_requested_latency(&mut self, usec: Option<u64>) {
-        let floor = self.config.latency_msec.saturating_mul(1000);
+        let (min, max) = self.latency_range_usec();
         let wanted = usec
-            .map(|u| u32::try_from(u).unwrap_or(u32::MAX))
-            .unwrap_or(floor)
-            .clamp(floor, secure_tunnel_protocol::MAX_TARGET_LATENCY_USEC);
-        self.target_latency_usec = wanted;
+            .unwrap_or(u64::from(self.config.latency_msec) * 1000)
+            .clamp(min, max)
+            .min(u64::from(MAX_TARGET_LATENCY_USEC));
+        self.target_latency_usec = u32::try_from(wanted).unwrap_or(MAX_TARGET_LATENCY_USEC);
     }
 
     /// How many bytes to render now.
     pub fn render_budget(&mut self, now: u64) -> usize {
-        if !self.opened {
+        if self.activity == Activity::Suspended {
             return 0;
         }
         let bytes = match &self.link {
-            Link::Up(s) => {
-                if s.conn.backlog() > MAX_BACKLOG {
+            Link::Up(up) => {
+                if up.0.backlog() > MAX_BACKLOG {
                     0
                 } else {
-                    s.credit.available().min(MAX_RENDER_PER_WAKE)
+                    up.1.render_budget().min(MAX_RENDER_PER_WAKE)
                 }
             }
             _ => {
@@ -189,20 +201,16 @@ impl Engine {
 
     /// Audio that was just rendered: sent when connected, dropped otherwise.
     pub fn consume(&mut self, data: &[u8], now: u64) {
-        let Link::Up(s) = &mut self.link else {
+        let Link::Up(up) = &mut self.link else {
             return;
         };
-        let mut failed = false;
+        let (conn, session) = &mut **up;
         for chunk in data.chunks(MAX_AUDIO_CHUNK) {
-            if s.conn.queue(&GuestMessage::Audio(chunk.to_vec())).is_err() {
-                failed = true;
-                break;
+            if let Err(e) = conn.queue(&GuestMessage::Audio(chunk.to_vec())) {
+                self.drop_link(format!("cannot queue audio: {e}"), now);
+                return;
             }
-            s.credit.spend(chunk.len() as u64);
-            s.rendered += chunk.len() as u64;
-        }
-        if failed {
-            self.drop_link("cannot queue audio".into(), now);
+            session.on_rendered(chunk.len() as u64);
         }
     }
 
@@ -210,7 +218,7 @@ impl Engine {
     /// rendered now is heard.
     pub fn latency_usec(&mut self, now: u64) -> i64 {
         let usec = match &mut self.link {
-            Link::Up(s) => s.playback.latency_usec(now, s.rendered),
+            Link::Up(up) => up.1.latency_usec(now),
             _ => self.null_clock.map_or(0, |c| c.saturating_sub(now)),
         };
         i64::try_from(usec).unwrap_or(i64::MAX)
@@ -219,20 +227,20 @@ impl Engine {
     /// The socket to poll and whether to poll it for writing.
     pub fn poll_interest(&self) -> Option<(std::os::fd::RawFd, bool)> {
         match &self.link {
-            Link::Up(s) => Some((s.conn.fd(), s.conn.backlog() > 0)),
+            Link::Up(up) => Some((up.0.fd(), up.0.backlog() > 0)),
             _ => None,
         }
     }
 
     /// When the IO thread must wake up at the latest (absolute, usec).
     pub fn next_wakeup(&self, now: u64) -> u64 {
-        let mut at = now + PING_INTERVAL_USEC;
+        let mut at = now + MAX_SLEEP_USEC;
         match &self.link {
-            Link::Up(s) => at = at.min(s.next_ping).min(s.last_rx + STALL_TIMEOUT_USEC),
+            Link::Up(up) => at = at.min(up.1.next_deadline()),
             Link::Connecting(_) => at = at.min(now + 5_000),
             Link::Idle { next_attempt } => at = at.min(*next_attempt),
         }
-        if self.opened && !self.is_connected() {
+        if self.activity != Activity::Suspended && !self.is_connected() {
             if let Some(c) = self.null_clock {
                 at = at.min(c);
             }
@@ -242,10 +250,12 @@ impl Engine {
 
     fn drop_link(&mut self, reason: String, now: u64) {
         self.events.push(Event::Disconnected(reason));
+        self.underruns_before = self.stats.underruns;
+        self.stats.connected = false;
         self.link = Link::Idle {
             next_attempt: now + u64::from(self.config.reconnect_interval_msec) * 1000,
         };
-        self.null_clock = self.opened.then_some(now);
+        self.null_clock = (self.activity != Activity::Suspended).then_some(now);
     }
 
     /// Drives the connection: attempts, handshakes, reading and writing.
@@ -286,107 +296,85 @@ impl Engine {
         self.events.push(Event::Connected {
             buffer_bytes: accept.buffer_bytes,
         });
-        let mut session = Session {
-            conn,
-            credit: Credit::new(),
-            clock: ClockMapper::new(),
-            playback: PlaybackEstimator::new(
-                self.spec.bytes_per_second(),
-                u64::from(self.spec.frame_size()),
-            ),
-            rendered: 0,
-            last_rx: now,
-            next_ping: now,
-            corked: false,
-            latency_sent: self.target_latency_usec,
+        self.connections += 1;
+        self.stats.connected = true;
+        self.stats.reconnects = self.connections - 1;
+        let session = TunnelSession::new(
+            self.spec.clone(),
+            now,
+            self.target_latency_usec,
+            self.activity,
+        );
+        self.link = Link::Up(Box::new((conn, session)));
+        if let Err(reason) = self.send_queued() {
+            self.drop_link(reason, now);
+        }
+    }
+
+    fn send_queued(&mut self) -> Result<(), String> {
+        let Link::Up(up) = &mut self.link else {
+            return Ok(());
         };
-        let mut ok = true;
-        if !self.opened {
-            session.corked = true;
-            ok = session.conn.queue(&GuestMessage::Cork).is_ok();
+        let (conn, session) = &mut **up;
+        for msg in session.drain_outgoing() {
+            conn.queue(&msg).map_err(|e| e.to_string())?;
         }
-        self.link = Link::Up(Box::new(session));
-        if !ok {
-            self.drop_link("cannot queue cork state".into(), now);
+        for notice in session.take_notices() {
+            match notice {
+                Notice::Underruns { total } => {
+                    let cumulative = self.underruns_before.saturating_add(total);
+                    let new = cumulative.saturating_sub(self.stats.underruns);
+                    self.stats.underruns = cumulative;
+                    self.events.push(Event::Underruns { new });
+                }
+            }
         }
+        Ok(())
     }
 
     /// One round of reading and writing on an established connection.
     fn pump(&mut self, now: u64) -> Result<(), String> {
         let target = self.target_latency_usec;
-        let Link::Up(s) = &mut self.link else {
+        let Link::Up(up) = &mut self.link else {
             return Ok(());
         };
-        let mut goodbye = None;
-        let mut messages = Vec::new();
-        let received = s.conn.receive(|m| messages.push(m));
-        if !messages.is_empty() {
-            s.last_rx = now;
-        }
-        for msg in messages {
-            match msg {
-                HostMessage::Credit { limit_bytes } => s.credit.grant(limit_bytes),
-                HostMessage::Clock(report) => {
-                    let at = s.clock.host_to_guest(report.host_time_usec).unwrap_or(now);
-                    s.playback
-                        .on_report(at, now, report.played_bytes, report.playing);
-                }
-                HostMessage::Pong {
-                    guest_time_usec,
-                    host_time_usec,
-                } => s.clock.on_pong(guest_time_usec, host_time_usec, now),
-                HostMessage::Goodbye { reason } => goodbye = Some(reason),
-                HostMessage::Accept(_) | HostMessage::Reject { .. } => {
-                    goodbye = Some("host sent a second handshake reply".into());
-                }
+        let (conn, session) = &mut **up;
+        let mut failure = None;
+        let received = conn.receive(|msg| {
+            if failure.is_none() {
+                failure = session.on_message(msg, now).err();
             }
-        }
-        if let Some(reason) = goodbye {
-            self.events.push(Event::HostGoodbye(reason.clone()));
-            return Err(format!("host said goodbye: {reason}"));
+        });
+        if let Some(reason) = failure {
+            return Err(reason);
         }
         received.map_err(|e| e.to_string())?;
-        if now.saturating_sub(s.last_rx) >= STALL_TIMEOUT_USEC {
-            return Err(format!(
-                "host silent for {} ms",
-                now.saturating_sub(s.last_rx) / 1000
-            ));
+        session.poll(now, target)?;
+        self.send_queued()?;
+        self.flush_link()
+    }
+
+    fn flush_link(&mut self) -> Result<(), String> {
+        match &mut self.link {
+            Link::Up(up) => up.0.flush().map_err(|e| e.to_string()),
+            _ => Ok(()),
         }
-        if now >= s.next_ping {
-            s.next_ping = now + PING_INTERVAL_USEC;
-            s.conn
-                .queue(&GuestMessage::Ping {
-                    guest_time_usec: now,
-                })
-                .map_err(|e| e.to_string())?;
-        }
-        if target != s.latency_sent {
-            s.latency_sent = target;
-            s.conn
-                .queue(&GuestMessage::SetLatency {
-                    target_latency_usec: target,
-                })
-                .map_err(|e| e.to_string())?;
-        }
-        s.conn.flush().map_err(|e: TransportError| e.to_string())
     }
 
     /// Sends what rendering just queued, without waiting for another wake-up.
     pub fn flush(&mut self, now: u64) {
-        if let Link::Up(s) = &mut self.link {
-            if let Err(e) = s.conn.flush() {
-                self.drop_link(e.to_string(), now);
-            }
+        if let Err(reason) = self.flush_link() {
+            self.drop_link(reason, now);
         }
     }
 
     /// Says goodbye to the host (module unload); best effort, never blocks.
     pub fn shutdown(&mut self, reason: &str) {
-        if let Link::Up(s) = &mut self.link {
-            let _ = s.conn.queue(&GuestMessage::Goodbye {
+        if let Link::Up(up) = &mut self.link {
+            let _ = up.0.queue(&GuestMessage::Goodbye {
                 reason: reason.to_owned(),
             });
-            let _ = s.conn.flush();
+            let _ = up.0.flush();
         }
         self.link = Link::Idle {
             next_attempt: u64::MAX,

@@ -5,10 +5,12 @@
 //! - [`config`]: the module's arguments, validated (pure);
 //! - [`engine`]: what the IO thread decides: rendering, flow control,
 //!   latency, reconnection (safe Rust, no PulseAudio calls);
+//! - [`session`]: one connection's protocol and timing state (pure);
 //! - [`transport`]: sockets, connecting and the handshake;
 //! - `pulse`: the one thin FFI layer (entry points, sink, IO thread).
 
 pub mod config;
 pub mod engine;
 mod pulse;
+pub mod session;
 pub mod transport;

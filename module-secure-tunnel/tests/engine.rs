@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use module_secure_tunnel_sink::config::{RawArgs, TunnelConfig};
 use module_secure_tunnel_sink::engine::{Engine, Event};
+use module_secure_tunnel_sink::session::Activity;
 use secure_tunnel_protocol::{
     read_frame, write_frame, Accept, ClockReport, GuestMessage, HostMessage, SampleFormat,
     StreamSpec, PROTOCOL_VERSION,
@@ -57,7 +58,7 @@ fn wait_connected(engine: &mut Engine, now: u64) {
 fn without_a_host_it_consumes_at_real_time() {
     let path = temp_socket("nohost");
     let mut engine = engine_for(&path);
-    engine.set_opened(true, 1_000_000);
+    engine.set_activity(Activity::Running, 1_000_000);
     engine.poll_io(1_000_000);
     // 10 ms blocks of 48 kHz stereo s16: 1920 bytes each, one per 10 ms.
     assert_eq!(engine.render_budget(1_000_000), 1920);
@@ -72,7 +73,7 @@ fn without_a_host_it_consumes_at_real_time() {
     }
     assert_eq!(total, 192_000);
     // A closed (suspended) sink renders nothing.
-    engine.set_opened(false, 2_020_000);
+    engine.set_activity(Activity::Suspended, 2_020_000);
     assert_eq!(engine.render_budget(3_000_000), 0);
 }
 
@@ -81,7 +82,7 @@ fn connected_it_renders_only_granted_bytes_and_reports_host_latency() {
     let path = temp_socket("host");
     let listener = UnixListener::bind(&path).unwrap();
     let mut engine = engine_for(&path);
-    engine.set_opened(true, 0);
+    engine.set_activity(Activity::Running, 0);
 
     let fake_host = std::thread::spawn(move || {
         let (mut sock, _) = listener.accept().unwrap();
@@ -164,7 +165,7 @@ fn a_host_that_goes_away_puts_the_sink_back_on_its_own_clock() {
     let path = temp_socket("goes-away");
     let listener = UnixListener::bind(&path).unwrap();
     let mut engine = engine_for(&path);
-    engine.set_opened(true, 0);
+    engine.set_activity(Activity::Running, 0);
     let fake_host = std::thread::spawn(move || {
         let (mut sock, _) = listener.accept().unwrap();
         let _hello = read_frame::<GuestMessage, _>(&mut sock).unwrap();
@@ -195,7 +196,10 @@ fn a_host_that_goes_away_puts_the_sink_back_on_its_own_clock() {
     }
     let events = engine.take_events();
     assert!(
-        events.contains(&Event::HostGoodbye("test host leaving".into())),
+        events.iter().any(|e| matches!(
+            e,
+            Event::Disconnected(reason) if reason.contains("test host leaving")
+        )),
         "{events:?}"
     );
     // Null-sink pacing again, from the moment of the loss.

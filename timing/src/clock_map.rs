@@ -1,24 +1,53 @@
 use std::collections::VecDeque;
 
-/// How many recent round trips are kept. With one ping every 250 ms this
-/// spans two seconds: short enough that a 1000 ppm rate difference moves the
-/// offset by at most 2 ms within the window, long enough to find a round trip
-/// that was not delayed by scheduling.
-const WINDOW: usize = 8;
+/// How many recent round trips are kept: with one ping every 250 ms, eight
+/// seconds, long enough to measure a rate difference between the clocks.
+const WINDOW: usize = 32;
+/// Round trips slower than the best one by more than this (or half the best,
+/// if larger) were delayed on the way and are not used for the fit.
+const RTT_SLACK_USEC: u64 = 500;
+/// A fitted rate difference beyond this is not a clock, it is a bug or an
+/// attack: fall back to the plain offset.
+const MAX_SKEW: f64 = 0.005;
+/// The fit needs samples spread over at least this much guest time.
+const MIN_FIT_SPAN_USEC: i128 = 1_000_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     rtt: u64,
-    /// host clock minus guest clock at the sample.
+    /// Guest time half-way through the round trip.
+    guest_mid: i128,
+    /// Host clock minus guest clock at `guest_mid`.
     offset: i128,
 }
 
 /// Maps the host's monotonic clock onto the guest's from ping/pong round
-/// trips. The round trip with the smallest delay in a recent window gives the
-/// best offset estimate (the NTP rule), assuming symmetric paths.
+/// trips. The clocks share no epoch and need not tick at the same rate.
+///
+/// Each round trip gives one measurement of (host − guest) at the midpoint
+/// of the trip, exact if the two directions took equally long. The mapper
+/// keeps the trips that were not delayed (close to the fastest one, the NTP
+/// rule) and fits a line through their offsets against guest time: its
+/// intercept is the offset, its slope the rate difference. With fewer than
+/// three good trips, or all within a second, it uses the fastest trip's
+/// offset alone.
 #[derive(Debug, Default, Clone)]
 pub struct ClockMapper {
     samples: VecDeque<Sample>,
+}
+
+/// offset(g) = offset + skew * (g - at)
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Line {
+    at: i128,
+    offset: f64,
+    skew: f64,
+}
+
+impl Line {
+    fn offset_at(&self, guest: i128) -> f64 {
+        self.offset + self.skew * (guest - self.at) as f64
+    }
 }
 
 impl ClockMapper {
@@ -33,13 +62,14 @@ impl ClockMapper {
         let Some(rtt) = guest_received.checked_sub(guest_sent) else {
             return;
         };
-        let midpoint = i128::from(guest_sent) + i128::from(rtt / 2);
+        let guest_mid = i128::from(guest_sent) + i128::from(rtt / 2);
         if self.samples.len() == WINDOW {
             self.samples.pop_front();
         }
         self.samples.push_back(Sample {
             rtt,
-            offset: i128::from(host_time) - midpoint,
+            guest_mid,
+            offset: i128::from(host_time) - guest_mid,
         });
     }
 
@@ -47,19 +77,76 @@ impl ClockMapper {
         self.samples.iter().copied().min_by_key(|s| s.rtt)
     }
 
+    fn line(&self) -> Option<Line> {
+        let best = self.best()?;
+        let plain = Line {
+            at: best.guest_mid,
+            offset: best.offset as f64,
+            skew: 0.0,
+        };
+        let limit = best.rtt + RTT_SLACK_USEC.max(best.rtt / 2);
+        let good: Vec<Sample> = self
+            .samples
+            .iter()
+            .copied()
+            .filter(|s| s.rtt <= limit)
+            .collect();
+        let (first, last) = (good.first()?, good.last()?);
+        if good.len() < 3 || last.guest_mid - first.guest_mid < MIN_FIT_SPAN_USEC {
+            return Some(plain);
+        }
+        // Least squares on centred values (f64 keeps full precision for
+        // differences of hours in microseconds).
+        let n = good.len() as f64;
+        let at = last.guest_mid;
+        let xs: Vec<f64> = good.iter().map(|s| (s.guest_mid - at) as f64).collect();
+        let base = best.offset;
+        let ys: Vec<f64> = good.iter().map(|s| (s.offset - base) as f64).collect();
+        let mx = xs.iter().sum::<f64>() / n;
+        let my = ys.iter().sum::<f64>() / n;
+        let sxx: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
+        let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+        if sxx <= 0.0 {
+            return Some(plain);
+        }
+        let skew = sxy / sxx;
+        if !skew.is_finite() || skew.abs() > MAX_SKEW {
+            return Some(plain);
+        }
+        Some(Line {
+            at,
+            offset: base as f64 + my - skew * mx,
+            skew,
+        })
+    }
+
     /// The smallest round trip in the window, in microseconds.
     pub fn rtt(&self) -> Option<u64> {
         self.best().map(|s| s.rtt)
     }
 
-    /// Host time minus guest time, if any round trip has been seen.
+    /// Host time minus guest time at the latest round trip, if any.
     pub fn offset(&self) -> Option<i128> {
-        self.best().map(|s| s.offset)
+        let line = self.line()?;
+        Some(line.offset.round() as i128)
+    }
+
+    /// Host clock rate relative to the guest's, minus one (e.g. 0.001 when
+    /// the host clock runs 1000 ppm fast); zero until it can be measured.
+    pub fn skew(&self) -> f64 {
+        self.line().map_or(0.0, |l| l.skew)
     }
 
     /// The guest time at which the host clock read `host_time`.
     pub fn host_to_guest(&self, host_time: u64) -> Option<u64> {
-        let guest = i128::from(host_time) - self.offset()?;
+        let line = self.line()?;
+        let host = i128::from(host_time);
+        // guest = host - offset(guest): two fixed-point steps suffice for
+        // any plausible skew (the error shrinks by the skew each step).
+        let mut guest = host - line.offset.round() as i128;
+        for _ in 0..2 {
+            guest = host - line.offset_at(guest).round() as i128;
+        }
         u64::try_from(guest.max(0)).ok()
     }
 
@@ -106,5 +193,32 @@ mod tests {
         // the rtt-0 sample fell out of the window
         assert_eq!(map.rtt(), Some(100));
         assert_eq!(map.offset(), Some(2_000));
+    }
+
+    #[test]
+    fn measures_a_rate_difference_and_maps_through_it() {
+        let mut map = ClockMapper::new();
+        // host = 1.001 * guest + 3 s, symmetric 1 ms trips every 250 ms.
+        let host_at = |g: u64| 3_000_000 + g + g / 1000;
+        for i in 0..40u64 {
+            let sent = 100_000_000 + i * 250_000;
+            map.on_pong(sent, host_at(sent + 500), sent + 1_000);
+        }
+        assert!((map.skew() - 0.001).abs() < 1e-6, "skew {}", map.skew());
+        // 2 s after the last trip the mapping is still exact to a few usec.
+        let guest = 100_000_000 + 40 * 250_000 + 2_000_000;
+        let mapped = map.host_to_guest(host_at(guest)).unwrap();
+        assert!(mapped.abs_diff(guest) <= 3, "{mapped} vs {guest}");
+    }
+
+    #[test]
+    fn absurd_rates_fall_back_to_the_plain_offset() {
+        let mut map = ClockMapper::new();
+        for i in 0..10u64 {
+            let sent = i * 1_000_000;
+            // host clock running 10 % fast: no real clock does that
+            map.on_pong(sent, sent + sent / 10, sent);
+        }
+        assert_eq!(map.skew(), 0.0);
     }
 }

@@ -20,6 +20,8 @@ pub struct PlaybackEstimator {
     frame_size: u64,
     anchor: Option<Anchor>,
     floor: u64,
+    /// Host clock rate over guest clock rate, as measured by the mapper.
+    rate_ratio: f64,
 }
 
 impl PlaybackEstimator {
@@ -30,6 +32,7 @@ impl PlaybackEstimator {
             frame_size: frame_size.max(1),
             anchor: None,
             floor: 0,
+            rate_ratio: 1.0,
         }
     }
 
@@ -43,6 +46,15 @@ impl PlaybackEstimator {
         });
     }
 
+    /// The host's device consumes `ratio` times the nominal rate as seen on
+    /// the guest clock (1 + the mapper's skew). Values outside 0.99..=1.01
+    /// are not clocks and are ignored.
+    pub fn set_rate_ratio(&mut self, ratio: f64) {
+        if (0.99..=1.01).contains(&ratio) {
+            self.rate_ratio = ratio;
+        }
+    }
+
     /// Bytes heard by guest time `now`, never more than `sent`.
     pub fn played_at(&mut self, now: u64, sent: u64) -> u64 {
         let estimate = match self.anchor {
@@ -53,8 +65,9 @@ impl PlaybackEstimator {
                 } else {
                     0
                 };
-                let advanced = (u128::from(elapsed) * u128::from(self.bytes_per_sec)
-                    / u128::from(USEC_PER_SEC)) as u64;
+                let advanced = (elapsed as f64 * self.bytes_per_sec as f64 * self.rate_ratio
+                    / USEC_PER_SEC as f64)
+                    .round() as u64;
                 let advanced = advanced - advanced % self.frame_size;
                 a.played.saturating_add(advanced)
             }
@@ -105,6 +118,17 @@ mod tests {
         est.on_report(5_000_000, 5_000_000, 9_000, true);
         assert_eq!(est.played_at(5_000_000, 10_000), 10_000);
         assert_eq!(est.latency_usec(5_000_000, 10_000), 0);
+    }
+
+    #[test]
+    fn extrapolates_at_the_host_rate() {
+        let mut est = PlaybackEstimator::new(BPS, 4);
+        est.set_rate_ratio(1.001);
+        est.on_report(0, 0, 0, true);
+        // one guest second at a host clock 1000 ppm fast: 192192 bytes
+        assert_eq!(est.played_at(1_000_000, u64::MAX), 192_192);
+        est.set_rate_ratio(2.0); // ignored
+        assert_eq!(est.played_at(2_000_000, u64::MAX), 384_384);
     }
 
     #[test]

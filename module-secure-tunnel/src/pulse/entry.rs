@@ -18,6 +18,8 @@ rate=<sample rate> \
 channels=<number of channels> \
 channel_map=<channel map> \
 latency_msec=<end-to-end latency target, 10..5000, default 60> \
+min_latency_msec=<lowest latency applications may ask for, default latency_msec> \
+max_latency_msec=<highest latency applications may ask for, default 2000> \
 reconnect_interval_msec=<pause between connection attempts, 100..60000, default 1000>";
 const VERSION: &str = concat!(env!("SECURE_TUNNEL_PULSE_VERSION"), "\0");
 

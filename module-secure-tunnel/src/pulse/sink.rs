@@ -13,8 +13,9 @@ use secure_tunnel_protocol::{SampleFormat, StreamSpec, MAX_AUDIO_CHUNK};
 use super::log::pa_log;
 use super::modargs::{cstring, Modargs};
 use super::no_unwind;
-use crate::config::{RawArgs, TunnelConfig, MAX_SINK_LATENCY_USEC};
-use crate::engine::{Engine, Event};
+use crate::config::{RawArgs, TunnelConfig};
+use crate::engine::{Engine, Event, Stats};
+use crate::session::Activity;
 
 const VALID_ARGS: &[&CStr] = &[
     c"server",
@@ -26,7 +27,18 @@ const VALID_ARGS: &[&CStr] = &[
     c"channel_map",
     c"latency_msec",
     c"reconnect_interval_msec",
+    c"min_latency_msec",
+    c"max_latency_msec",
 ];
+
+/// Messages the IO thread posts to the sink on the main thread, which alone
+/// may change the sink's property list. The value travels in `offset`.
+const MSG_SET_CONNECTED: c_int = sys::pa_sink_message_PA_SINK_MESSAGE_MAX as c_int;
+const MSG_SET_RECONNECTS: c_int = MSG_SET_CONNECTED + 1;
+const MSG_SET_UNDERRUNS: c_int = MSG_SET_CONNECTED + 2;
+
+/// Underrun log lines are written at most this often.
+const UNDERRUN_LOG_INTERVAL_USEC: u64 = 10_000_000;
 
 /// Everything one loaded instance owns. Lives in a `Box` whose pointer is
 /// stored in `pa_module.userdata` and `pa_sink.userdata`.
@@ -90,17 +102,21 @@ fn parse_args(
         ));
     }
     let format = sample_format(ss.format)?;
-    let (server, sink_name, latency, reconnect) = (
+    let (server, sink_name, latency, reconnect, min_latency, max_latency) = (
         ma.get(c"server"),
         ma.get(c"sink_name"),
         ma.get(c"latency_msec"),
         ma.get(c"reconnect_interval_msec"),
+        ma.get(c"min_latency_msec"),
+        ma.get(c"max_latency_msec"),
     );
     let config = TunnelConfig::from_args(RawArgs {
         server: server.as_deref(),
         sink_name: sink_name.as_deref(),
         latency_msec: latency.as_deref(),
         reconnect_interval_msec: reconnect.as_deref(),
+        min_latency_msec: min_latency.as_deref(),
+        max_latency_msec: max_latency.as_deref(),
     })
     .map_err(|e| e.to_string())?;
     let channels = usize::from(ss.channels).min(map.map.len());
@@ -258,8 +274,11 @@ unsafe fn build(
         (*sink).userdata = u.cast();
         sys::pa_sink_set_asyncmsgq(sink, ud.thread_mq.inq);
         sys::pa_sink_set_rtpoll(sink, ud.rtpoll);
-        let min_latency = ud.engine.borrow().min_latency_usec();
-        sys::pa_sink_set_latency_range(sink, min_latency, MAX_SINK_LATENCY_USEC.max(min_latency));
+        let (min_latency, max_latency) = ud.engine.borrow().latency_range_usec();
+        sys::pa_sink_set_latency_range(sink, min_latency, max_latency);
+        set_property(sink, c"secure_tunnel.connected", "no");
+        set_property(sink, c"secure_tunnel.reconnects", "0");
+        set_property(sink, c"secure_tunnel.underruns", "0");
         sys::pa_sink_set_max_request(sink, usize::try_from(max_request).unwrap_or(usize::MAX));
 
         ud.thread = sys::pa_thread_new(c"secure-tunnel".as_ptr(), Some(thread_func), u.cast());
@@ -337,23 +356,117 @@ fn now_usec() -> u64 {
     unsafe { sys::pa_rtclock_now() }
 }
 
-fn log_events(engine: &RefCell<Engine>, sink_name: &str) {
-    let events = engine.borrow_mut().take_events();
-    for event in events {
-        match event {
-            Event::Connected { buffer_bytes } => pa_log!(
-                Info,
-                "{sink_name}: connected to host-playd (host buffer {buffer_bytes} bytes)"
-            ),
-            Event::ConnectFailed(e) => {
-                pa_log!(Warn, "{sink_name}: {e}; playing into the void and retrying")
+/// The tunnel's view of a sink state.
+fn activity(state: sys::pa_sink_state_t) -> Activity {
+    match state {
+        sys::pa_sink_state_PA_SINK_RUNNING => Activity::Running,
+        sys::pa_sink_state_PA_SINK_IDLE => Activity::Idle,
+        _ => Activity::Suspended,
+    }
+}
+
+/// Sets one property of the sink's property list.
+///
+/// # Safety
+/// Main thread; `sink` is live.
+unsafe fn set_property(sink: *mut sys::pa_sink, key: &CStr, value: &str) {
+    let value = cstring(value);
+    // SAFETY: per contract; the temporary proplist is created, used to
+    // update the sink (which copies it) and freed here.
+    unsafe {
+        let pl = sys::pa_proplist_new();
+        sys::pa_proplist_sets(pl, key.as_ptr(), value.as_ptr());
+        sys::pa_sink_update_proplist(sink, sys::pa_update_mode_PA_UPDATE_REPLACE, pl);
+        sys::pa_proplist_free(pl);
+    }
+}
+
+/// What the IO thread remembers between wake-ups for logging and publishing.
+#[derive(Debug, Default)]
+struct Reporter {
+    published: Stats,
+    last_underrun_log: Option<u64>,
+    unlogged_underruns: u32,
+}
+
+impl Reporter {
+    fn log_events(&mut self, engine: &RefCell<Engine>, sink_name: &str, now: u64) {
+        let events = engine.borrow_mut().take_events();
+        for event in events {
+            match event {
+                Event::Connected { buffer_bytes } => pa_log!(
+                    Info,
+                    "{sink_name}: connected to host-playd (host buffer {buffer_bytes} bytes)"
+                ),
+                Event::ConnectFailed(e) => {
+                    pa_log!(Warn, "{sink_name}: {e}; playing into the void and retrying")
+                }
+                Event::Disconnected(e) => pa_log!(
+                    Warn,
+                    "{sink_name}: connection lost ({e}); playing into the void and reconnecting"
+                ),
+                Event::Underruns { new } => self.unlogged_underruns += new,
             }
-            Event::Disconnected(e) => pa_log!(
-                Warn,
-                "{sink_name}: connection lost ({e}); playing into the void and reconnecting"
-            ),
-            Event::HostGoodbye(e) => pa_log!(Info, "{sink_name}: host closed the stream: {e}"),
         }
+        let due = self
+            .last_underrun_log
+            .is_none_or(|t| now.saturating_sub(t) >= UNDERRUN_LOG_INTERVAL_USEC);
+        if self.unlogged_underruns > 0 && due {
+            let total = engine.borrow().stats().underruns;
+            pa_log!(
+                Warn,
+                "{sink_name}: host-playd ran out of audio {} time(s) (total {total}); \
+                 consider a larger latency_msec",
+                self.unlogged_underruns
+            );
+            self.unlogged_underruns = 0;
+            self.last_underrun_log = Some(now);
+        }
+    }
+
+    /// Posts changed counters to the main thread, which updates the sink's
+    /// properties (`pactl list sinks` shows them).
+    ///
+    /// # Safety
+    /// IO thread of `ud`.
+    unsafe fn publish(&mut self, ud: &Userdata) {
+        let stats = ud.engine.borrow().stats();
+        let changes = [
+            (
+                MSG_SET_CONNECTED,
+                stats.connected != self.published.connected,
+                i64::from(stats.connected),
+            ),
+            (
+                MSG_SET_RECONNECTS,
+                stats.reconnects != self.published.reconnects,
+                i64::from(stats.reconnects),
+            ),
+            (
+                MSG_SET_UNDERRUNS,
+                stats.underruns != self.published.underruns,
+                i64::from(stats.underruns),
+            ),
+        ];
+        for (code, changed, value) in changes {
+            if changed {
+                // SAFETY: the outq and the sink are live while the IO thread
+                // runs; the queue takes its own reference on the sink, so
+                // the message stays valid until the main thread handles it.
+                unsafe {
+                    sys::pa_asyncmsgq_post(
+                        ud.thread_mq.outq,
+                        ptr::addr_of_mut!((*ud.sink).parent),
+                        code,
+                        ptr::null(),
+                        value,
+                        ptr::null(),
+                        None,
+                    );
+                }
+            }
+        }
+        self.published = stats;
     }
 }
 
@@ -394,11 +507,13 @@ unsafe fn render(ud: &Userdata, mut budget: usize, now: u64) {
 /// IO thread of `ud`; the sink and rtpoll outlive the thread.
 unsafe fn io_loop(ud: &Userdata) -> Result<(), String> {
     let sink_name = ud.engine.borrow().sink_name().to_owned();
+    let mut reporter = Reporter::default();
     loop {
         let now = now_usec();
         // SAFETY: the sink is live while the IO thread runs (contract).
-        let opened = unsafe { sys::PA_SINK_IS_OPENED((*ud.sink).thread_info.state) } != 0;
-        ud.engine.borrow_mut().set_opened(opened, now);
+        let activity = activity(unsafe { (*ud.sink).thread_info.state });
+        let opened = activity != Activity::Suspended;
+        ud.engine.borrow_mut().set_activity(activity, now);
         ud.engine.borrow_mut().poll_io(now);
         if opened {
             // SAFETY: as above; rewinds are processed before rendering, as
@@ -413,7 +528,9 @@ unsafe fn io_loop(ud: &Userdata) -> Result<(), String> {
             unsafe { render(ud, budget, now) };
             ud.engine.borrow_mut().flush(now);
         }
-        log_events(&ud.engine, &sink_name);
+        reporter.log_events(&ud.engine, &sink_name, now);
+        // SAFETY: IO thread of ud.
+        unsafe { reporter.publish(ud) };
 
         let (interest, wake) = {
             let engine = ud.engine.borrow();
@@ -509,6 +626,29 @@ unsafe extern "C" fn sink_process_msg(
             }
             return 0;
         }
+        let key = match code {
+            MSG_SET_CONNECTED => Some(c"secure_tunnel.connected"),
+            MSG_SET_RECONNECTS => Some(c"secure_tunnel.reconnects"),
+            MSG_SET_UNDERRUNS => Some(c"secure_tunnel.underruns"),
+            _ => None,
+        };
+        if let Some(key) = key {
+            let value = match code {
+                MSG_SET_CONNECTED if offset != 0 => "yes".to_owned(),
+                MSG_SET_CONNECTED => "no".to_owned(),
+                _ => offset.to_string(),
+            };
+            // SAFETY: these codes are only posted to the outq, which the
+            // main loop dispatches on the main thread; o is our sink, kept
+            // alive by the message's reference. An unlinked sink is left be.
+            unsafe {
+                let sink = o.cast::<sys::pa_sink>();
+                if sys::PA_SINK_IS_LINKED((*sink).state) {
+                    set_property(sink, key, &value);
+                }
+            }
+            return 0;
+        }
         // SAFETY: everything else is the generic sink's business.
         unsafe { sys::pa_sink_process_msg(o, code, data, offset, chunk) }
     })
@@ -522,10 +662,8 @@ unsafe extern "C" fn sink_set_state_in_io_thread(
     no_unwind("set_state_in_io_thread", -1, || {
         // SAFETY: s is our sink; this runs on its IO thread.
         let ud = unsafe { userdata(s) };
-        // SAFETY: PA_SINK_IS_OPENED is a pure function of the state value.
-        let opened = unsafe { sys::PA_SINK_IS_OPENED(new_state) } != 0;
         if let Ok(mut engine) = ud.engine.try_borrow_mut() {
-            engine.set_opened(opened, now_usec());
+            engine.set_activity(activity(new_state), now_usec());
         }
         0
     })
