@@ -1,11 +1,11 @@
 use std::collections::VecDeque;
 
-/// How many recent round trips are kept: with one ping every 250 ms, eight
+/// How many recent round trips are kept: with one ping every 250 ms, sixteen
 /// seconds, long enough to measure a rate difference between the clocks.
-const WINDOW: usize = 32;
-/// Round trips slower than the best one by more than this (or half the best,
-/// if larger) were delayed on the way and are not used for the fit.
-const RTT_SLACK_USEC: u64 = 500;
+const WINDOW: usize = 64;
+/// The window is cut into segments of this many trips; the fastest trip of
+/// each segment (the least delayed, the NTP rule) is one point of the fit.
+const SEGMENT: usize = 4;
 /// A fitted rate difference beyond this is not a clock, it is a bug or an
 /// attack: fall back to the plain offset.
 const MAX_SKEW: f64 = 0.005;
@@ -26,11 +26,10 @@ struct Sample {
 ///
 /// Each round trip gives one measurement of (host − guest) at the midpoint
 /// of the trip, exact if the two directions took equally long. The mapper
-/// keeps the trips that were not delayed (close to the fastest one, the NTP
-/// rule) and fits a line through their offsets against guest time: its
-/// intercept is the offset, its slope the rate difference. With fewer than
-/// three good trips, or all within a second, it uses the fastest trip's
-/// offset alone.
+/// keeps the least delayed trip of every two seconds (the NTP rule) and fits
+/// a line through their offsets against guest time: its intercept is the
+/// offset, its slope the rate difference. With fewer than three such points,
+/// or all within a second, it uses the fastest trip's offset alone.
 #[derive(Debug, Default, Clone)]
 pub struct ClockMapper {
     samples: VecDeque<Sample>,
@@ -84,12 +83,11 @@ impl ClockMapper {
             offset: best.offset as f64,
             skew: 0.0,
         };
-        let limit = best.rtt + RTT_SLACK_USEC.max(best.rtt / 2);
-        let good: Vec<Sample> = self
-            .samples
-            .iter()
-            .copied()
-            .filter(|s| s.rtt <= limit)
+        // The fastest trip of each segment, oldest first.
+        let samples: Vec<Sample> = self.samples.iter().copied().collect();
+        let good: Vec<Sample> = samples
+            .chunks(SEGMENT)
+            .filter_map(|seg| seg.iter().copied().min_by_key(|s| s.rtt))
             .collect();
         let (first, last) = (good.first()?, good.last()?);
         if good.len() < 3 || last.guest_mid - first.guest_mid < MIN_FIT_SPAN_USEC {
