@@ -278,3 +278,60 @@ fn sink_properties_and_two_instances() {
     assert!(guest.is_alive(), "{}", guest.log_tail());
     guest.pactl_ok(&["info"]).expect("pactl info afterwards");
 }
+
+/// Whether the host's stream for the guest is corked, from the host's
+/// `pactl list sink-inputs` (host-playd holds exactly one stream here).
+fn host_stream_corked(stack: &TunnelStack) -> Option<bool> {
+    let text = stack.host.pactl_ok(&["list", "sink-inputs"]).ok()?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Corked: "))
+        .map(|v| v == "yes")
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+/// An idle guest sink corks the host stream after the last sound has played
+/// (so no silence is streamed), and new sound uncorks it and arrives whole.
+/// The sink publishes its connection state and counters as properties.
+#[test]
+fn idle_sink_corks_the_host_stream_and_resumes_whole() {
+    let stack = start_stack(&format!("{FORMAT} latency_msec=60"));
+    let took = wait_for("the host stream to exist corked", LIVE, || {
+        host_stream_corked(&stack) == Some(true)
+    });
+    println!("corked while idle after {took:?}");
+    let sink = stack.tunnel_sink().expect("tunnel sink");
+    assert_eq!(sink.property("secure_tunnel.connected"), Some("yes"));
+    assert_eq!(sink.property("secure_tunnel.underruns"), Some("0"));
+    assert_eq!(sink.property("secure_tunnel.reconnects"), Some("0"));
+
+    for round in 0..2 {
+        let mut rec = Recorder::start(&stack.host, &host_monitor()).expect("parec on the host");
+        rec.wait_live(LIVE).expect("host monitor live");
+        let played = signal::pseudo_random(0xAB00 + round, FRAMES_PER_SEC);
+        let player =
+            Player::start(&stack.guest, GUEST_SINK, signal::to_bytes(&played)).expect("pacat");
+        wait_for("the host stream to uncork", LIVE, || {
+            host_stream_corked(&stack) == Some(false)
+        });
+        player
+            .wait(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+        rec.wait_until(Duration::from_secs(5), "the whole clip", |r| {
+            signal::locate_bit_exact(&r.samples(), &played, 256).is_ok()
+        })
+        .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", stack.logs()));
+        // The clip's tail played out, then the stream corked again.
+        let took = wait_for("the host stream to cork again", LIVE, || {
+            host_stream_corked(&stack) == Some(true)
+        });
+        println!("round {round}: clip arrived whole, corked {took:?} after the player ended");
+    }
+}
