@@ -17,7 +17,7 @@ cache="${SECURE_TUNNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secure-tunnel}"
 packages=(
   pulseaudio pulseaudio-utils libpulse-dev libltdl-dev
   clang libclang-dev pkg-config dpkg-dev xz-utils ca-certificates
-  sox iproute2 procps
+  sox iproute2 procps systemd
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

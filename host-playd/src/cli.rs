@@ -1,12 +1,22 @@
 //! The command line, a public interface: spellings here are promised to users.
+#![forbid(unsafe_code)]
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
 use crate::backend::pulse::PulseConfig;
-use crate::daemon::{BackendChoice, DaemonConfig};
+use crate::config::{self, ConfigError, FileConfig};
+use crate::daemon::{BackendChoice, DaemonConfig, SandboxSettings};
 use crate::listen::ListenAddr;
+use crate::sandbox::{SandboxMode, DEFAULT_MEMORY_MB};
+
+/// Default for --max-clients.
+pub const DEFAULT_MAX_CLIENTS: u32 = 16;
+/// Default for --handshake-timeout-ms.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5000;
 
 /// Plays secure-tunnel guest audio through the host's PulseAudio.
 ///
@@ -20,8 +30,8 @@ pub struct Args {
     /// socket file is created mode 0666, a stale one is replaced, and it is
     /// removed on exit; guard it with its directory's permissions),
     /// tcp:HOST:PORT (IPv6 as tcp:[::1]:PORT), vsock:CID:PORT (CID a number
-    /// or "any").
-    #[arg(long = "listen", value_name = "ADDR", required = true)]
+    /// or "any"). Sockets passed by systemd (LISTEN_FDS) are served too.
+    #[arg(long = "listen", value_name = "ADDR")]
     pub listen: Vec<ListenAddr>,
 
     /// PulseAudio server to play on, e.g. unix:/run/user/1000/pulse/native
@@ -49,15 +59,45 @@ pub struct Args {
     )]
     pub null_skew_ppm: Option<i32>,
 
-    /// Most guests playing at once; more are rejected with TooManyClients.
-    #[arg(long, value_name = "N", default_value_t = 16,
+    /// Most guests playing at once; more are rejected with TooManyClients
+    /// [default: 16, or the config file's limits.max_clients].
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub max_clients: u32,
+    pub max_clients: Option<u32>,
 
-    /// Time a guest has to send its Hello before it is dropped.
-    #[arg(long, value_name = "N", default_value_t = 5000,
+    /// Time a guest has to send its Hello before it is dropped
+    /// [default: 5000].
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-    pub handshake_timeout_ms: u64,
+    pub handshake_timeout_ms: Option<u64>,
+
+    /// A playing guest that sends nothing (no audio, no ping) for this long
+    /// is closed [default: never].
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub idle_timeout_ms: Option<u64>,
+
+    /// Configuration file (TOML): limits, sandbox, and which guests may
+    /// play with what limits. Command-line options win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// User to run as once the sockets are open and PulseAudio is connected
+    /// [default: nobody when started as root].
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// require: refuse to start if a sandbox step is unavailable on this
+    /// kernel; best-effort: log and go on without it; off: no sandbox at
+    /// all, not even the user change (debugging only) [default: require].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub sandbox: Option<SandboxMode>,
+
+    /// Enter the sandbox, try what it must forbid (read /etc/passwd, write a
+    /// file, run /bin/true, open netlink and packet sockets, become root),
+    /// report each, and exit non-zero if any succeeded.
+    #[arg(long)]
+    pub check_sandbox: bool,
 
     /// Log verbosity (logs go to stderr).
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
@@ -93,9 +133,11 @@ impl From<LogLevel> for log::LevelFilter {
     }
 }
 
-/// Options that contradict each other.
+/// Options that contradict each other, or a bad configuration file.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ArgsError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
     #[error("--null-skew-ppm only applies to --backend null")]
     SkewWithoutNull,
     #[error("--{0} only applies to --backend pulse")]
@@ -103,8 +145,18 @@ pub enum ArgsError {
 }
 
 impl Args {
-    /// The daemon configuration these arguments ask for.
+    /// The daemon configuration these arguments ask for, reading the
+    /// `--config` file if there is one.
     pub fn to_config(&self) -> Result<DaemonConfig, ArgsError> {
+        let file = match &self.config {
+            Some(path) => config::load(path)?,
+            None => FileConfig::default(),
+        };
+        self.to_config_with(file)
+    }
+
+    /// The daemon configuration from these arguments over `file`'s.
+    pub fn to_config_with(&self, file: FileConfig) -> Result<DaemonConfig, ArgsError> {
         let backend = match self.backend {
             BackendKind::Pulse => {
                 if self.null_skew_ppm.is_some() {
@@ -127,11 +179,36 @@ impl Args {
                 }
             }
         };
+        let max_clients = self
+            .max_clients
+            .map(|n| n as usize)
+            .or(file.max_clients)
+            .unwrap_or(DEFAULT_MAX_CLIENTS as usize);
+        let handshake_timeout = self
+            .handshake_timeout_ms
+            .map(Duration::from_millis)
+            .or(file.handshake_timeout)
+            .unwrap_or(Duration::from_millis(DEFAULT_HANDSHAKE_TIMEOUT_MS));
+        let idle_timeout = self
+            .idle_timeout_ms
+            .map(Duration::from_millis)
+            .or(file.idle_timeout);
         Ok(DaemonConfig {
             listen: self.listen.clone(),
             backend,
-            max_clients: self.max_clients as usize,
-            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            max_clients,
+            handshake_timeout,
+            idle_timeout,
+            policy: Arc::new(file.policy),
+            sandbox: SandboxSettings {
+                mode: self
+                    .sandbox
+                    .or(file.sandbox_mode)
+                    .unwrap_or(SandboxMode::Require),
+                user: self.user.clone().or(file.user),
+                read_only: file.read_only,
+                memory_mb: file.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
+            },
         })
     }
 }
@@ -155,6 +232,54 @@ mod tests {
         assert_eq!(config.max_clients, 16);
         assert_eq!(config.handshake_timeout, Duration::from_secs(5));
         assert_eq!(args.log_level, LogLevel::Info);
+        assert_eq!(config.idle_timeout, None);
+        assert_eq!(config.sandbox, SandboxSettings::default());
+        assert!(!args.check_sandbox);
+    }
+
+    #[test]
+    fn hardening_options_and_config_precedence() {
+        let file = crate::config::parse(
+            "[limits]\nmax_clients = 4\nhandshake_timeout_ms = 900\nidle_timeout_ms = 7000\n\
+             [sandbox]\nmode = \"best-effort\"\nuser = \"daemon\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let from_file = parse(&["--listen", "unix:/a"])
+            .unwrap()
+            .to_config_with(file.clone())
+            .unwrap();
+        assert_eq!(from_file.max_clients, 4);
+        assert_eq!(from_file.handshake_timeout, Duration::from_millis(900));
+        assert_eq!(from_file.idle_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(from_file.sandbox.mode, SandboxMode::BestEffort);
+        assert_eq!(from_file.sandbox.user.as_deref(), Some("daemon"));
+        let args = parse(&[
+            "--listen",
+            "unix:/a",
+            "--max-clients",
+            "2",
+            "--handshake-timeout-ms",
+            "100",
+            "--idle-timeout-ms",
+            "300",
+            "--user",
+            "nobody",
+            "--sandbox",
+            "off",
+            "--check-sandbox",
+        ])
+        .unwrap();
+        assert!(args.check_sandbox);
+        let cli = args.to_config_with(file).unwrap();
+        assert_eq!(cli.max_clients, 2, "the command line wins");
+        assert_eq!(cli.handshake_timeout, Duration::from_millis(100));
+        assert_eq!(cli.idle_timeout, Some(Duration::from_millis(300)));
+        assert_eq!(cli.sandbox.mode, SandboxMode::Off);
+        assert_eq!(cli.sandbox.user.as_deref(), Some("nobody"));
+        assert!(parse(&["--sandbox", "lax"]).is_err());
+        let missing = parse(&["--config", "/nonexistent.toml"]).unwrap();
+        assert!(matches!(missing.to_config(), Err(ArgsError::Config(_))));
     }
 
     #[test]
@@ -206,7 +331,6 @@ mod tests {
 
     #[test]
     fn rejects_bad_command_lines() {
-        assert!(parse(&[]).is_err(), "--listen is required");
         assert!(parse(&["--listen", "udp:x:1"]).is_err());
         assert!(parse(&["--listen", "unix:/a", "--max-clients", "0"]).is_err());
         assert!(parse(&["--listen", "unix:/a", "--backend", "alsa"]).is_err());

@@ -1,4 +1,5 @@
 //! The host's monotonic clock in microseconds, and a log rate limiter.
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,7 @@
 //!
 //! The engine closes a connection by dropping its queue's sender: the writer
 //! sends what is left, then shuts the socket down, which ends the reader.
+#![forbid(unsafe_code)]
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -19,6 +20,7 @@ use vsock::VsockStream;
 
 use crate::clock::HostClock;
 use crate::engine::{ClientId, Command, EngineHandle};
+use crate::policy::PeerIdentity;
 
 /// Host messages queued for one guest; a guest that lets it fill up is
 /// dropped rather than allowed to grow the daemon's memory.
@@ -103,6 +105,7 @@ pub fn spawn(
     id: ClientId,
     conn: Box<dyn Conn>,
     peer: String,
+    identity: PeerIdentity,
     engine: EngineHandle,
     clock: HostClock,
     counters: &Counters,
@@ -121,7 +124,12 @@ pub fn spawn(
 
     // Register before reading so no message can overtake the Connect.
     if engine
-        .send(Command::Connect { id, peer, outgoing })
+        .send(Command::Connect {
+            id,
+            peer,
+            identity,
+            outgoing,
+        })
         .is_err()
     {
         conn.shutdown_both();

@@ -1,8 +1,13 @@
-//! Wiring: bind the listeners, start the engine thread with its backend, run
-//! until asked to stop, then say goodbye and clean up.
+//! Wiring, in the order the sandbox needs: bind the listeners (or take
+//! systemd's), connect to the audio server, enter the sandbox, then start
+//! the acceptors and run the engine; when asked to stop, say goodbye and
+//! clean up.
+#![forbid(unsafe_code)]
 
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,6 +20,11 @@ use crate::clock::HostClock;
 use crate::connection::Counters;
 use crate::engine::{self, Command, Engine, EngineConfig, WakeReceiver};
 use crate::listen::{BindError, ListenAddr, Listener};
+use crate::policy::{Matcher, Policy};
+use crate::sandbox::{self, ResourceLimits, SandboxConfig, SandboxError, SandboxMode};
+
+/// Default RLIMIT_DATA in MiB.
+pub use crate::sandbox::DEFAULT_MEMORY_MB;
 
 /// Connections beyond `max_clients` that may be in their handshake at once.
 pub const EXTRA_CONNECTIONS: usize = 16;
@@ -37,12 +47,39 @@ pub struct DaemonConfig {
     pub backend: BackendChoice,
     pub max_clients: usize,
     pub handshake_timeout: Duration,
+    /// A streaming guest silent for this long is closed.
+    pub idle_timeout: Option<Duration>,
+    /// Who may play, and how.
+    pub policy: Arc<Policy>,
+    pub sandbox: SandboxSettings,
+}
+
+/// The sandbox as configured; the rest is derived from the other options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSettings {
+    pub mode: SandboxMode,
+    /// `None`: `nobody` when started as root.
+    pub user: Option<String>,
+    /// Extra read-only paths (beyond what PulseAudio needs).
+    pub read_only: Vec<PathBuf>,
+    pub memory_mb: u64,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings {
+            mode: SandboxMode::Require,
+            user: None,
+            read_only: Vec::new(),
+            memory_mb: DEFAULT_MEMORY_MB,
+        }
+    }
 }
 
 /// Why the daemon could not start or stopped early.
 #[derive(Debug, Error)]
 pub enum DaemonError {
-    #[error("no listen address given")]
+    #[error("no listen address given and no socket passed by systemd")]
     NoListener,
     #[error(transparent)]
     Bind(#[from] BindError),
@@ -52,6 +89,8 @@ pub enum DaemonError {
     Io(#[from] std::io::Error),
     #[error("the engine thread stopped unexpectedly")]
     EngineDied,
+    #[error("cannot enter the sandbox: {0}")]
+    Sandbox(#[from] SandboxError),
 }
 
 /// A daemon with its listeners bound, ready to run.
@@ -64,14 +103,34 @@ pub struct Daemon {
 impl Daemon {
     /// Binds every listen address; nothing is accepted until [`Daemon::run`].
     pub fn bind(config: DaemonConfig) -> Result<Daemon, DaemonError> {
-        if config.listen.is_empty() {
+        Daemon::bind_with(config, Vec::new())
+    }
+
+    /// Like [`Daemon::bind`], also serving sockets passed by systemd.
+    pub fn bind_with(config: DaemonConfig, inherited: Vec<OwnedFd>) -> Result<Daemon, DaemonError> {
+        let mut listeners = inherited
+            .into_iter()
+            .map(Listener::from_fd)
+            .collect::<Result<Vec<_>, _>>()?;
+        for addr in &config.listen {
+            listeners.push(Listener::bind(addr)?);
+        }
+        if listeners.is_empty() {
             return Err(DaemonError::NoListener);
         }
-        let listeners = config
-            .listen
-            .iter()
-            .map(Listener::bind)
-            .collect::<Result<Vec<_>, _>>()?;
+        if !config.policy.defaults.tcp
+            && config
+                .policy
+                .rules
+                .iter()
+                .all(|r| !matches!(r.matcher, Matcher::Tcp(_)))
+            && listeners.iter().any(|l| l.name().starts_with("tcp:"))
+        {
+            log::warn!(
+                "listening on TCP, but no rule allows any TCP peer: every TCP guest will be \
+                 refused (add a [[rule]] with tcp = \"ADDR/PREFIX\" to --config)"
+            );
+        }
         Ok(Daemon { config, listeners })
     }
 
@@ -80,37 +139,35 @@ impl Daemon {
         self.listeners.iter().map(|l| l.name().to_owned()).collect()
     }
 
-    /// Serves guests until `stop` becomes true, then says goodbye to every
-    /// guest and removes the unix socket files.
-    pub fn run(self, stop: &AtomicBool) -> Result<(), DaemonError> {
+    /// What the sandbox must leave reachable for this configuration.
+    pub fn sandbox_config(&self) -> SandboxConfig {
+        sandbox_config(&self.config, self.listeners.len())
+    }
+
+    /// Connects to the audio server, enters the sandbox, then serves guests
+    /// until `stop` becomes true; then says goodbye to every guest and
+    /// removes the unix socket files it may still remove.
+    ///
+    /// The calling thread becomes the engine thread (libpulse objects never
+    /// leave the thread that made them), and every other thread is started
+    /// after the sandbox, so all of them inherit it.
+    pub fn run(mut self, stop: &AtomicBool) -> Result<(), DaemonError> {
         let clock = HostClock::new();
         let (handle, commands, wake) = engine::channel()?;
+        let mut backend = build_backend(&self.config.backend, clock, &wake)?;
+        if !backend.settle(SETTLE_TIMEOUT, &wake) {
+            log::warn!("not connected to the audio server yet; retrying from inside the sandbox");
+        }
+        let sandbox = self.sandbox_config();
+        let sandboxed = sandbox.mode != SandboxMode::Off;
+        sandbox::apply(&sandbox)?;
+
         let engine_config = EngineConfig {
             max_clients: self.config.max_clients,
             handshake_timeout: self.config.handshake_timeout,
+            idle_timeout: self.config.idle_timeout,
+            policy: Arc::clone(&self.config.policy),
         };
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let choice = self.config.backend.clone();
-        let engine_thread = thread::Builder::new()
-            .name("engine".to_owned())
-            .spawn(move || {
-                // libpulse objects are not Send: the backend is born here.
-                match build_backend(&choice, clock, &wake) {
-                    Ok(backend) => {
-                        let _ = ready_tx.send(Ok(()));
-                        run_engine(backend, clock, engine_config, commands, wake);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                }
-            })?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => return Err(DaemonError::EngineDied),
-        }
-
         let counters = Counters::default();
         let next_id = Arc::new(AtomicU64::new(1));
         let max_connections = self.config.max_clients + EXTRA_CONNECTIONS;
@@ -125,26 +182,142 @@ impl Daemon {
             log::info!("listening on {}", listener.name());
         }
 
-        while !stop.load(Ordering::SeqCst) {
-            if engine_thread.is_finished() {
-                return Err(DaemonError::EngineDied);
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        log::info!("shutting down");
-        let _ = handle.send(Command::Shutdown);
-        if engine_thread.join().is_err() {
-            log::error!("the engine thread panicked");
-        }
+        let engine_done = AtomicBool::new(false);
+        thread::scope(|scope| -> Result<(), DaemonError> {
+            let watcher_handle = handle.clone();
+            let done = &engine_done;
+            thread::Builder::new()
+                .name("shutdown".to_owned())
+                .spawn_scoped(scope, move || {
+                    while !stop.load(Ordering::SeqCst) && !done.load(Ordering::SeqCst) {
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                    if !done.load(Ordering::SeqCst) {
+                        log::info!("shutting down");
+                        let _ = watcher_handle.send(Command::Shutdown);
+                    }
+                })?;
+            // Set even when the engine panics, so the watcher ends and the
+            // scope can unwind.
+            let _done = SetOnDrop(done);
+            drop(handle);
+            Engine::new(backend, clock, engine_config).run(commands, wake);
+            Ok(())
+        })?;
+
         let deadline = Instant::now() + GOODBYE_GRACE;
         while counters.writers.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));
+        }
+        if sandboxed {
+            for listener in &mut self.listeners {
+                if let Some(path) = listener.keep_file() {
+                    log::info!(
+                        "leaving {} in place: the sandbox may not remove it (the next start \
+                         replaces it)",
+                        path.display()
+                    );
+                }
+            }
         }
         // Dropping the listeners removes their socket files.
         drop(self.listeners);
         Ok(())
     }
 }
+
+/// How long startup waits for the audio server before entering the sandbox.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The sandbox for `config` with `listeners` listening sockets.
+pub fn sandbox_config(config: &DaemonConfig, listeners: usize) -> SandboxConfig {
+    let settings = &config.sandbox;
+    let mut read_only = settings.read_only.clone();
+    let mut connect_unix = Vec::new();
+    let mut connect_tcp = Vec::new();
+    if let BackendChoice::Pulse(pulse) = &config.backend {
+        // What libpulse reads when it reconnects: client.conf and a cookie.
+        read_only.push(PathBuf::from("/etc/pulse"));
+        if let Some(cookie) = std::env::var_os("PULSE_COOKIE") {
+            read_only.push(PathBuf::from(cookie));
+        }
+        if let Some(config) = std::env::var_os("XDG_CONFIG_HOME") {
+            read_only.push(PathBuf::from(config).join("pulse/cookie"));
+        }
+        if let Some(home) = std::env::var_os("HOME") {
+            read_only.push(PathBuf::from(&home).join(".config/pulse/cookie"));
+            read_only.push(PathBuf::from(home).join(".pulse-cookie"));
+        }
+        let server = pulse
+            .server
+            .clone()
+            .or_else(|| std::env::var("PULSE_SERVER").ok());
+        match server {
+            Some(server) => pulse_targets(&server, &mut connect_unix, &mut connect_tcp),
+            None => {
+                for var in ["PULSE_RUNTIME_PATH", "XDG_RUNTIME_DIR"] {
+                    if let Some(dir) = std::env::var_os(var) {
+                        let dir = PathBuf::from(dir);
+                        let native = if var == "XDG_RUNTIME_DIR" {
+                            dir.join("pulse/native")
+                        } else {
+                            dir.join("native")
+                        };
+                        connect_unix.push(native);
+                    }
+                }
+                connect_unix.push(PathBuf::from("/run/pulse/native"));
+            }
+        }
+    }
+    let max_connections = config.max_clients + EXTRA_CONNECTIONS;
+    SandboxConfig {
+        mode: settings.mode,
+        user: settings.user.clone(),
+        read_only,
+        connect_unix,
+        connect_tcp,
+        limits: ResourceLimits::for_connections(max_connections, listeners, settings.memory_mb),
+    }
+}
+
+/// The unix paths and TCP ports of a PulseAudio server string
+/// (`unix:/path`, `/path`, `tcp:host:port`, `host`, space-separated).
+pub fn pulse_targets(server: &str, unix: &mut Vec<PathBuf>, tcp: &mut Vec<u16>) {
+    for entry in server.split_whitespace() {
+        // "{machine-id}unix:/path" restricts an entry to one machine.
+        let entry = match entry.strip_prefix('{') {
+            Some(rest) => rest.split_once('}').map_or(rest, |(_, e)| e),
+            None => entry,
+        };
+        if let Some(path) = entry.strip_prefix("unix:") {
+            unix.push(PathBuf::from(path));
+        } else if entry.starts_with('/') {
+            unix.push(PathBuf::from(entry));
+        } else {
+            let rest = ["tcp4:", "tcp6:", "tcp:"]
+                .iter()
+                .find_map(|p| entry.strip_prefix(p))
+                .unwrap_or(entry);
+            let port = rest
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(DEFAULT_PULSE_PORT);
+            tcp.push(port);
+        }
+    }
+}
+
+/// PulseAudio's native protocol port.
+pub const DEFAULT_PULSE_PORT: u16 = 4713;
 
 fn build_backend(
     choice: &BackendChoice,
@@ -157,12 +330,22 @@ fn build_backend(
     })
 }
 
-fn run_engine(
-    backend: Box<dyn AudioBackend>,
-    clock: HostClock,
-    config: EngineConfig,
-    commands: mpsc::Receiver<Command>,
-    wake: WakeReceiver,
-) {
-    Engine::new(backend, clock, config).run(commands, wake);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pulse_server_strings() {
+        let (mut unix, mut tcp) = (Vec::new(), Vec::new());
+        pulse_targets(
+            "unix:/run/a {abc}unix:/run/b /run/c tcp:host:4000 tcp6:[::1] host",
+            &mut unix,
+            &mut tcp,
+        );
+        assert_eq!(
+            unix,
+            ["/run/a", "/run/b", "/run/c"].map(PathBuf::from).to_vec()
+        );
+        assert_eq!(tcp, vec![4000, 4713, 4713]);
+    }
 }

@@ -4,6 +4,7 @@
 //! Connection threads send it [`Command`]s through a bounded channel and poke
 //! a wake-up socket, so the engine sleeps in the backend's own poll (the
 //! PulseAudio main loop) and still answers a Ping within microseconds.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -18,7 +19,8 @@ use thiserror::Error;
 
 use crate::backend::{AudioBackend, StreamEvent, StreamId};
 use crate::clock::{HostClock, RateLimit};
-use crate::session::{Action, Event, Session};
+use crate::policy::{Admission, PeerIdentity, Policy};
+use crate::session::{bounded_text, Action, Event, Session};
 
 /// Commands queued towards the engine before connection threads block.
 pub const COMMAND_QUEUE: usize = 256;
@@ -38,6 +40,8 @@ pub enum Command {
     Connect {
         id: ClientId,
         peer: String,
+        /// Who the kernel says the peer is; the policy decides on it.
+        identity: PeerIdentity,
         outgoing: SyncSender<HostMessage>,
     },
     /// A decoded message, with the host time at which it was read.
@@ -171,19 +175,29 @@ pub fn channel() -> io::Result<(EngineHandle, Receiver<Command>, WakeReceiver)> 
 }
 
 /// Limits the engine enforces across sessions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Most guests with an open (or opening) stream at once.
     pub max_clients: usize,
     /// Time a guest has to send its Hello.
     pub handshake_timeout: Duration,
+    /// A streaming guest that sends nothing for this long is closed.
+    pub idle_timeout: Option<Duration>,
+    /// Who may play, and how.
+    pub policy: Arc<Policy>,
 }
 
 #[derive(Debug)]
 struct Client {
     session: Session,
     peer: String,
+    identity: PeerIdentity,
+    admission: Admission,
     outgoing: Option<SyncSender<HostMessage>>,
+    /// Host time of the last message from the guest (or of the connect).
+    last_heard_usec: u64,
+    /// The stream's spec once it is being opened.
+    spec: Option<secure_tunnel_protocol::StreamSpec>,
 }
 
 /// The engine's state: sessions and the backend that plays them.
@@ -242,20 +256,43 @@ impl<B: AudioBackend> Engine<B> {
     /// Handles one command (public for in-process tests).
     pub fn command(&mut self, command: Command) {
         match command {
-            Command::Connect { id, peer, outgoing } => {
+            Command::Connect {
+                id,
+                peer,
+                identity,
+                outgoing,
+            } => {
                 if self.shutting_down {
                     return;
                 }
                 let timeout =
                     u64::try_from(self.config.handshake_timeout.as_micros()).unwrap_or(u64::MAX);
-                let session = Session::new(self.clock.now_usec(), timeout, &peer);
-                log::info!("client {id} connected from {peer}");
+                let now = self.clock.now_usec();
+                let session = Session::new(now, timeout, &peer);
+                let admission = self.config.policy.admit(&identity);
+                match &admission {
+                    Admission::Allowed {
+                        rule: Some(rule), ..
+                    } => {
+                        log::info!("client {id} connected from {peer}, allowed by rule {rule:?}");
+                    }
+                    Admission::Allowed { rule: None, .. } => {
+                        log::info!("client {id} connected from {peer}, allowed by default");
+                    }
+                    Admission::Denied { reason } => {
+                        log::info!("client {id} connected from {peer}, not allowed: {reason}");
+                    }
+                }
                 self.clients.insert(
                     id,
                     Client {
                         session,
                         peer,
+                        identity,
+                        admission,
                         outgoing: Some(outgoing),
+                        last_heard_usec: now,
+                        spec: None,
                     },
                 );
             }
@@ -263,7 +300,12 @@ impl<B: AudioBackend> Engine<B> {
                 id,
                 message,
                 at_usec,
-            } => self.dispatch(id, at_usec, Event::Message(message)),
+            } => {
+                if let Some(client) = self.clients.get_mut(&id) {
+                    client.last_heard_usec = client.last_heard_usec.max(at_usec);
+                }
+                self.dispatch(id, at_usec, Event::Message(message));
+            }
             Command::ProtocolError { id, error } => {
                 let now = self.clock.now_usec();
                 self.dispatch(id, now, Event::ProtocolError(error));
@@ -313,6 +355,14 @@ impl<B: AudioBackend> Engine<B> {
             let Some(client) = self.clients.get(&id) else {
                 continue;
             };
+            if let Some(idle) = self.config.idle_timeout {
+                let idle_usec = u64::try_from(idle.as_micros()).unwrap_or(u64::MAX);
+                let silent = self.clock.now_usec().saturating_sub(client.last_heard_usec);
+                if client.session.has_stream() && silent >= idle_usec {
+                    self.close_idle(id, idle);
+                    continue;
+                }
+            }
             let event = if client.session.is_streaming() {
                 match self.backend.status(id) {
                     Some(status) => Event::Status(status),
@@ -362,7 +412,24 @@ impl<B: AudioBackend> Engine<B> {
                     }
                 }
             }
-            Action::OpenStream(params) => {
+            Action::OpenStream(mut params) => {
+                let client = self.clients.get(&id)?;
+                let limits = match &client.admission {
+                    Admission::Allowed { limits, .. } => limits.clone(),
+                    Admission::Denied { reason } => {
+                        return Some(Event::OpenRefused {
+                            reason: RejectReason::NotAllowed,
+                            message: reason.clone(),
+                        });
+                    }
+                };
+                if let Err(message) = limits.check(&params.spec) {
+                    return Some(Event::OpenRefused {
+                        reason: RejectReason::NotAllowed,
+                        message,
+                    });
+                }
+                let key = client.identity.key();
                 let open = self
                     .clients
                     .values()
@@ -376,6 +443,29 @@ impl<B: AudioBackend> Engine<B> {
                             self.config.max_clients
                         ),
                     });
+                }
+                if let Some(max) = limits.max_streams {
+                    let mine = self
+                        .clients
+                        .values()
+                        .filter(|c| c.session.has_stream() && c.identity.key() == key)
+                        .count();
+                    if mine > max {
+                        return Some(Event::OpenRefused {
+                            reason: RejectReason::TooManyClients,
+                            message: format!(
+                                "{} has {max} stream(s) playing already (its maximum)",
+                                client.identity
+                            ),
+                        });
+                    }
+                }
+                limits.apply(&mut params);
+                if let Some(client) = self.clients.get_mut(&id) {
+                    client.spec = Some(params.spec.clone());
+                }
+                if let Some(percent) = limits.volume_percent {
+                    self.backend.set_volume_cap(id, percent);
                 }
                 match self.backend.open(id, params) {
                     Ok(()) => None,
@@ -400,6 +490,13 @@ impl<B: AudioBackend> Engine<B> {
                 None
             }
             Action::SetBuffer { tlength_bytes } => {
+                let client = self.clients.get(&id)?;
+                let tlength_bytes = match (&client.admission, &client.spec) {
+                    (Admission::Allowed { limits, .. }, Some(spec)) => {
+                        limits.cap_buffer(spec, tlength_bytes)
+                    }
+                    _ => tlength_bytes,
+                };
                 self.backend.set_buffer(id, tlength_bytes);
                 None
             }
@@ -422,6 +519,21 @@ impl<B: AudioBackend> Engine<B> {
                 None
             }
         }
+    }
+
+    /// Says goodbye to a streaming guest that has been silent too long.
+    fn close_idle(&mut self, id: ClientId, idle: Duration) {
+        let Some(client) = self.clients.remove(&id) else {
+            return;
+        };
+        let reason = format!("idle: no message for {} ms", idle.as_millis());
+        if let Some(outgoing) = &client.outgoing {
+            let _ = outgoing.try_send(HostMessage::Goodbye {
+                reason: bounded_text(&reason),
+            });
+        }
+        self.backend.close(id);
+        log::info!("client {id} ({}) closed: {reason}", client.peer);
     }
 
     fn drop_client(&mut self, id: ClientId, reason: &str) {

@@ -2,9 +2,13 @@
 //! PulseAudio and reports the host's playback clock back to each guest.
 //!
 //! Threads: one acceptor per listener, a reader and a writer per guest
-//! connection, and one engine thread that owns every session and the audio
-//! backend (libpulse objects never leave it).
-#![forbid(unsafe_code)]
+//! connection, a shutdown watcher, and the main thread, which becomes the
+//! engine: it owns every session and the audio backend (libpulse objects
+//! never leave it). All but the main thread start after the sandbox.
+//!
+//! `unsafe` is denied crate-wide and forbidden in every module but [`sys`],
+//! which adopts systemd's listening sockets by descriptor number.
+#![deny(unsafe_code)]
 
 /// Audio outputs: the trait, PulseAudio, and the null test backend.
 pub mod backend;
@@ -12,6 +16,8 @@ pub mod backend;
 pub mod cli;
 /// The host clock and the log rate limiter.
 pub mod clock;
+/// The configuration file.
+pub mod config;
 /// Per-connection reader and writer threads.
 pub mod connection;
 /// Wiring: listeners, engine thread, shutdown.
@@ -20,9 +26,16 @@ pub mod daemon;
 pub mod engine;
 /// Listen addresses and acceptors.
 pub mod listen;
+/// Who a guest is and what it may do.
+pub mod policy;
+/// Privilege drop, Landlock, seccomp, resource limits, and the self-check.
+pub mod sandbox;
 /// The pure per-connection protocol state machine.
 pub mod session;
+/// The one module with `unsafe`: adopting systemd's sockets.
+#[allow(unsafe_code)]
+pub mod sys;
 
 pub use cli::Args;
-pub use daemon::{BackendChoice, Daemon, DaemonConfig, DaemonError};
+pub use daemon::{BackendChoice, Daemon, DaemonConfig, DaemonError, SandboxSettings};
 pub use listen::ListenAddr;

@@ -1,10 +1,12 @@
 //! Listening addresses (`unix:PATH`, `tcp:HOST:PORT`, `vsock:CID:PORT`), the
 //! listeners bound to them, and their accept loops.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::fs;
 use std::io::{self, ErrorKind};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -14,12 +16,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{self, sockopt, AddressFamily, SockaddrLike, SockaddrStorage};
 use thiserror::Error;
 use vsock::VsockListener;
 
 use crate::clock::{HostClock, RateLimit};
 use crate::connection::{self, Conn, Counters};
 use crate::engine::EngineHandle;
+use crate::policy::PeerIdentity;
 
 /// `VMADDR_CID_ANY`: listen on every context id of this host.
 pub const VSOCK_CID_ANY: u32 = u32::MAX;
@@ -138,6 +142,8 @@ pub enum BindError {
     InUse { addr: String },
     #[error("cannot listen on {addr}: the path exists and is not a socket")]
     NotASocket { addr: String },
+    #[error("socket-activation descriptor {fd}: {reason}")]
+    Inherited { fd: i32, reason: String },
     #[error(
         "cannot listen on {addr}: {source} (is the vhost_vsock or vsock_loopback module loaded?)"
     )]
@@ -218,9 +224,56 @@ impl Listener {
         }
     }
 
+    /// Adopts a listening socket passed by systemd (unix, TCP or vsock,
+    /// stream type, already listening).
+    pub fn from_fd(fd: OwnedFd) -> Result<Listener, BindError> {
+        let raw = fd.as_raw_fd();
+        let bad = |reason: String| BindError::Inherited { fd: raw, reason };
+        let kind = socket::getsockopt(&fd, sockopt::SockType).map_err(|e| bad(e.to_string()))?;
+        if kind != socket::SockType::Stream {
+            return Err(bad(format!("a {kind:?} socket, not a stream socket")));
+        }
+        if !socket::getsockopt(&fd, sockopt::AcceptConn).map_err(|e| bad(e.to_string()))? {
+            return Err(bad("not listening (use ListenStream= sockets)".to_owned()));
+        }
+        let addr: SockaddrStorage = socket::getsockname(raw).map_err(|e| bad(e.to_string()))?;
+        let (socket, name) = match addr.family() {
+            Some(AddressFamily::Unix) => {
+                let path = addr
+                    .as_unix_addr()
+                    .and_then(|u| u.path())
+                    .map_or_else(|| "(unnamed)".to_owned(), |p| p.display().to_string());
+                (Socket::Unix(UnixListener::from(fd)), format!("unix:{path}"))
+            }
+            Some(AddressFamily::Inet | AddressFamily::Inet6) => {
+                (Socket::Tcp(TcpListener::from(fd)), format!("tcp:{addr}"))
+            }
+            Some(AddressFamily::Vsock) => {
+                let name = addr.as_vsock_addr().map_or_else(
+                    || "vsock:?".to_owned(),
+                    |v| format!("vsock:{}:{}", v.cid(), v.port()),
+                );
+                (Socket::Vsock(VsockListener::from(fd)), name)
+            }
+            other => return Err(bad(format!("unsupported address family {other:?}"))),
+        };
+        Ok(Listener {
+            socket,
+            name: format!("{name} (from systemd)"),
+            // systemd owns the socket file.
+            unix_file: None,
+        })
+    }
+
     /// The address as bound (a TCP port 0 shows the port chosen).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Leaves the socket file in place when dropped (a sandboxed daemon may
+    /// not remove it; the next start replaces a stale one).
+    pub fn keep_file(&mut self) -> Option<PathBuf> {
+        self.unix_file.take().map(|(path, _, _)| path)
     }
 
     fn try_clone_socket(&self) -> io::Result<Socket> {
@@ -249,7 +302,7 @@ impl Listener {
             .spawn(move || {
                 let mut limit = RateLimit::new(5, Duration::from_secs(10));
                 loop {
-                    let (conn, peer) = match accept(&socket) {
+                    let (conn, peer, identity) = match accept(&socket) {
                         Ok(accepted) => accepted,
                         Err(e) => {
                             if limit.check(Instant::now()).is_some() {
@@ -268,9 +321,15 @@ impl Listener {
                     }
                     let id = next_id.fetch_add(1, Ordering::SeqCst);
                     let peer = format!("{name} {peer}");
-                    if let Err(e) =
-                        connection::spawn(id, conn, peer, engine.clone(), clock, &counters)
-                    {
+                    if let Err(e) = connection::spawn(
+                        id,
+                        conn,
+                        peer,
+                        identity,
+                        engine.clone(),
+                        clock,
+                        &counters,
+                    ) {
                         log::error!("cannot serve a connection on {name}: {e}");
                     }
                 }
@@ -279,21 +338,33 @@ impl Listener {
     }
 }
 
-fn accept(socket: &Socket) -> io::Result<(Box<dyn Conn>, String)> {
+fn accept(socket: &Socket) -> io::Result<(Box<dyn Conn>, String, PeerIdentity)> {
     Ok(match socket {
         Socket::Unix(l) => {
             let (stream, _) = l.accept()?;
-            (Box::new(stream), "local".to_owned())
+            let identity = match socket::getsockopt(&stream, sockopt::PeerCredentials) {
+                Ok(cred) => PeerIdentity::Unix {
+                    uid: cred.uid(),
+                    gid: cred.gid(),
+                    pid: cred.pid(),
+                },
+                Err(e) => PeerIdentity::Unknown(format!("SO_PEERCRED failed: {e}")),
+            };
+            (Box::new(stream), format!("({identity})"), identity)
         }
         Socket::Tcp(l) => {
             let (stream, peer): (TcpStream, _) = l.accept()?;
             // Clock reports and pongs are small and late ones are wrong.
             stream.set_nodelay(true)?;
-            (Box::new(stream), peer.to_string())
+            (Box::new(stream), peer.to_string(), PeerIdentity::Tcp(peer))
         }
         Socket::Vsock(l) => {
             let (stream, peer) = l.accept()?;
-            (Box::new(stream), peer.to_string())
+            let identity = PeerIdentity::Vsock {
+                cid: peer.cid(),
+                port: peer.port(),
+            };
+            (Box::new(stream), format!("({identity})"), identity)
         }
     })
 }

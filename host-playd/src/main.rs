@@ -1,5 +1,5 @@
-//! host-playd's entry point: parse arguments, set up logging and signals,
-//! run the daemon.
+//! host-playd's entry point: take systemd's sockets, parse arguments, set up
+//! logging and signals, run the daemon (or the sandbox self-check).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -8,18 +8,29 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use host_playd::daemon::sandbox_config;
+use host_playd::sandbox::{self, check};
 use host_playd::{Args, Daemon};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 fn main() -> ExitCode {
+    // Before anything else opens a descriptor: the sockets systemd passed.
+    let inherited = host_playd::sys::take_listen_fds();
     let args = Args::parse();
     env_logger::Builder::new()
         .filter_level(args.log_level.into())
         .format_timestamp_millis()
         .target(env_logger::Target::Stderr)
         .init();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = if args.check_sandbox {
+        check_sandbox(&args)
+    } else {
+        inherited
+            .map_err(|e| anyhow::anyhow!("systemd socket activation: {e}"))
+            .and_then(|inherited| run(&args, inherited).map(|()| ExitCode::SUCCESS))
+    };
+    match result {
+        Ok(code) => code,
         Err(e) => {
             log::error!("{e:#}");
             ExitCode::FAILURE
@@ -27,18 +38,59 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> anyhow::Result<()> {
+fn run(args: &Args, inherited: Vec<std::os::fd::OwnedFd>) -> anyhow::Result<()> {
     let config = args.to_config().context("invalid options")?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .with_context(|| format!("cannot handle signal {signal}"))?;
     }
-    let daemon = Daemon::bind(config).context("cannot start host-playd")?;
+    let daemon = Daemon::bind_with(config, inherited).context("cannot start host-playd")?;
     log::info!(
         "host-playd {} starting on {}",
         env!("CARGO_PKG_VERSION"),
         daemon.listen_names().join(", ")
     );
     daemon.run(&stop).context("host-playd failed")
+}
+
+/// `--check-sandbox`: exit 0 only if every probe was denied.
+fn check_sandbox(args: &Args) -> anyhow::Result<ExitCode> {
+    let config = args.to_config().context("invalid options")?;
+    let sandbox = sandbox_config(&config, 1);
+    let scratch = std::env::temp_dir();
+    let mut status = check::SelfStatus::open().context("cannot open /proc/self/status")?;
+    sandbox::apply(&sandbox).context("cannot enter the sandbox")?;
+    println!("host-playd sandbox check (--sandbox {})", sandbox.mode);
+    for field in [
+        "Uid",
+        "Gid",
+        "Groups",
+        "CapInh",
+        "CapPrm",
+        "CapEff",
+        "CapBnd",
+        "CapAmb",
+        "NoNewPrivs",
+        "Seccomp",
+        "Seccomp_filters",
+    ] {
+        let value = status.field(field).unwrap_or_else(|e| format!("? ({e})"));
+        println!("  {field}: {value}");
+    }
+    let probes = sandbox::run_probes(&scratch);
+    for probe in &probes {
+        match &probe.result {
+            Err(reason) => println!("denied   {}: {reason}", probe.what),
+            Ok(()) => println!("ALLOWED  {}", probe.what),
+        }
+    }
+    let allowed = probes.iter().filter(|p| !p.denied()).count();
+    if allowed == 0 {
+        println!("result: all {} probes denied", probes.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("result: {allowed} of {} probes NOT denied", probes.len());
+        Ok(ExitCode::FAILURE)
+    }
 }

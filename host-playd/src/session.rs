@@ -5,6 +5,7 @@
 //! it returns. Keeping the rules here, away from sockets and PulseAudio, lets
 //! the tests drive every order of events a hostile or broken guest can
 //! produce.
+#![forbid(unsafe_code)]
 
 use secure_tunnel_protocol::{
     Accept, ClockReport, GuestMessage, HostMessage, RejectReason, StreamSpec, MAX_REASON_LEN,

@@ -4,6 +4,7 @@
 //! only, so implementations need not be `Send` (libpulse objects are not).
 //! Every stream is named by the engine's [`StreamId`]; positions are counted
 //! in bytes of the guest's stream since it was opened.
+#![forbid(unsafe_code)]
 
 pub mod null;
 pub mod pulse;
@@ -96,6 +97,18 @@ pub trait AudioBackend: std::fmt::Debug {
     /// Forgets a stream; unknown ids are ignored.
     fn close(&mut self, _id: StreamId) {}
 
+    /// Caps the volume of the stream `id` is about to open, in percent of
+    /// normal; called just before [`AudioBackend::open`]. The guest has no
+    /// message to change it.
+    fn set_volume_cap(&mut self, _id: StreamId, _percent: u8) {}
+
+    /// Waits (at most `timeout`) until the backend has reached its audio
+    /// server, so that the connection is made before privileges are dropped.
+    /// Returns whether it is connected.
+    fn settle(&mut self, _timeout: Duration, _wake: &WakeReceiver) -> bool {
+        true
+    }
+
     /// Waits for at most `timeout`, or until `wake` is signalled, and does
     /// the backend's own housekeeping. The default only waits.
     fn drive(&mut self, timeout: Duration, wake: &WakeReceiver) {
@@ -127,6 +140,12 @@ impl<B: AudioBackend + ?Sized> AudioBackend for Box<B> {
     }
     fn close(&mut self, id: StreamId) {
         (**self).close(id);
+    }
+    fn set_volume_cap(&mut self, id: StreamId, percent: u8) {
+        (**self).set_volume_cap(id, percent);
+    }
+    fn settle(&mut self, timeout: Duration, wake: &WakeReceiver) -> bool {
+        (**self).settle(timeout, wake)
     }
     fn drive(&mut self, timeout: Duration, wake: &WakeReceiver) {
         (**self).drive(timeout, wake);

@@ -6,6 +6,7 @@
 //! `tlength` bytes, it consumes whole frames from the host clock, and reports
 //! a device latency of zero. The arithmetic lives in [`NullClock`], which takes
 //! the time as an argument so hours can be simulated in a unit test.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 
@@ -151,6 +152,7 @@ pub struct NullBackend {
     skew_ppm: i32,
     streams: HashMap<StreamId, NullClock>,
     events: Vec<(StreamId, StreamEvent)>,
+    volume_caps: HashMap<StreamId, u8>,
 }
 
 impl NullBackend {
@@ -162,6 +164,7 @@ impl NullBackend {
             skew_ppm,
             streams: HashMap::new(),
             events: Vec::new(),
+            volume_caps: HashMap::new(),
         }
     }
 
@@ -184,6 +187,12 @@ impl AudioBackend for NullBackend {
             now,
         );
         self.streams.insert(id, stream);
+        let volume = self.volume_caps.get(&id).copied().unwrap_or(100);
+        log::info!(
+            "null stream {id} opened: name {:?}, buffer {} bytes, volume {volume}%",
+            params.name,
+            params.tlength_bytes
+        );
         self.events.push((
             id,
             StreamEvent::Opened {
@@ -221,6 +230,12 @@ impl AudioBackend for NullBackend {
 
     fn close(&mut self, id: StreamId) {
         self.streams.remove(&id);
+        self.volume_caps.remove(&id);
+    }
+
+    fn set_volume_cap(&mut self, id: StreamId, percent: u8) {
+        // Nothing is audible; the cap is recorded and logged at open.
+        self.volume_caps.insert(id, percent);
     }
 
     fn take_events(&mut self, out: &mut Vec<(StreamId, StreamEvent)>) {

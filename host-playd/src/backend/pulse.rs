@@ -9,6 +9,7 @@
 //! engine sends each guest a Goodbye, and guests reconnect), and a new
 //! context is tried every second. Guests arriving meanwhile are rejected with
 //! `ServerError`.
+#![forbid(unsafe_code)]
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -32,6 +33,10 @@ use secure_tunnel_protocol::{SampleFormat, StreamSpec};
 use super::{AudioBackend, BackendError, StreamEvent, StreamId, StreamParams, StreamStatus};
 use crate::clock::HostClock;
 use crate::engine::WakeReceiver;
+
+/// `PA_PROP_CONTEXT_FORCE_DISABLE_SHM`: libpulse then uses a private
+/// memory pool and negotiates neither shm nor memfd with the server.
+const FORCE_DISABLE_SHM: &str = "context.force.disable.shm";
 
 /// Pause between attempts to reach a lost PulseAudio server.
 pub const RECONNECT_DELAY: Duration = Duration::from_secs(1);
@@ -96,6 +101,8 @@ pub struct PulseBackend {
     mainloop: Mainloop,
     config: PulseConfig,
     clock: HostClock,
+    /// Volume caps (percent) for streams about to open (policy).
+    volume_caps: HashMap<StreamId, u8>,
 }
 
 impl std::fmt::Debug for PulseBackend {
@@ -145,6 +152,7 @@ impl PulseBackend {
             mainloop,
             config,
             clock,
+            volume_caps: HashMap::new(),
         };
         backend.connect();
         Ok(backend)
@@ -162,6 +170,9 @@ impl PulseBackend {
         };
         let _ = props.set_str(properties::APPLICATION_NAME, "host-playd");
         let _ = props.set_str(properties::APPLICATION_ID, "secure-tunnel.host-playd");
+        // No shared memory (so no memfd or shm files either): audio goes over
+        // the socket, and the seccomp allowlist and Landlock rules stay small.
+        let _ = props.set_str(FORCE_DISABLE_SHM, "yes");
         let Some(mut context) = Context::new_with_proplist(&self.mainloop, "host-playd", &props)
         else {
             return self.connection_failed("cannot create a context".to_owned());
@@ -240,7 +251,8 @@ impl PulseBackend {
     }
 
     fn start_stream(&mut self, id: StreamId, params: StreamParams) {
-        match self.create_stream(&params) {
+        let volume = self.volume_caps.remove(&id);
+        match self.create_stream(&params, volume) {
             Ok(stream) => {
                 self.streams.insert(id, stream);
             }
@@ -248,7 +260,11 @@ impl PulseBackend {
         }
     }
 
-    fn create_stream(&mut self, params: &StreamParams) -> Result<PulseStream, String> {
+    fn create_stream(
+        &mut self,
+        params: &StreamParams,
+        volume_percent: Option<u8>,
+    ) -> Result<PulseStream, String> {
         let context = self
             .context
             .as_mut()
@@ -273,8 +289,23 @@ impl PulseBackend {
         // rendered ahead (module-null-sink does not rewind), so the position
         // is interpolated here from timing updates requested every 20 ms.
         let flags = StreamFlags::ADJUST_LATENCY;
+        let volume = volume_percent.map(|percent| {
+            let mut volume = pulse::volume::ChannelVolumes::default();
+            let level = u64::from(pulse::volume::Volume::NORMAL.0) * u64::from(percent) / 100;
+            volume.set(
+                spec.channels,
+                pulse::volume::Volume(u32::try_from(level).unwrap_or(0)),
+            );
+            volume
+        });
         stream
-            .connect_playback(self.config.sink.as_deref(), Some(&attr), flags, None, None)
+            .connect_playback(
+                self.config.sink.as_deref(),
+                Some(&attr),
+                flags,
+                volume.as_ref(),
+                None,
+            )
             .map_err(pa_text)?;
         Ok(PulseStream {
             stream,
@@ -420,7 +451,20 @@ impl AudioBackend for PulseBackend {
         }
     }
 
+    fn set_volume_cap(&mut self, id: StreamId, percent: u8) {
+        self.volume_caps.insert(id, percent);
+    }
+
+    fn settle(&mut self, timeout: Duration, wake: &WakeReceiver) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.context.is_some() && !self.context_ready && Instant::now() < deadline {
+            self.drive(Duration::from_millis(10), wake);
+        }
+        self.context_ready
+    }
+
     fn close(&mut self, id: StreamId) {
+        self.volume_caps.remove(&id);
         self.pending.retain(|(pending, _)| *pending != id);
         if let Some(mut s) = self.streams.remove(&id) {
             s.stream.set_underflow_callback(None);

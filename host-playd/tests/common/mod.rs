@@ -2,7 +2,7 @@
 //! a fake guest speaking the real protocol.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -183,6 +183,65 @@ impl PrivatePulse {
     }
 }
 
+/// Lets an unprivileged user (host-playd sandboxed as `nobody`) reach the
+/// private PulseAudio's socket in `dir`, e.g. to reconnect.
+pub fn open_to_everyone(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for path in [dir.to_path_buf(), dir.join("native")] {
+        let mode = if path.is_dir() { 0o755 } else { 0o777 };
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
+    }
+}
+
+/// Whether the tests run as root (the sandbox then changes user).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|v| v.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The fields of /proc/PID/task/TID/status for every thread of `pid`.
+pub fn thread_status(pid: u32) -> Vec<std::collections::HashMap<String, String>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        out.push(
+            text.lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+                .collect(),
+        );
+    }
+    out
+}
+
+/// The TCP address host-playd logs for a `tcp:127.0.0.1:0` listener once
+/// it accepts there (waits up to 10 s for the line).
+pub fn logged_tcp_addr(playd: &ChildGuard) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let found = playd.stderr().lines().find_map(|l| {
+            let rest = l.split("listening on tcp:").nth(1)?;
+            Some(rest.split_whitespace().next()?.to_owned())
+        });
+        if found.is_some() {
+            return found;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
 /// Environment that keeps PulseAudio tools inside `dir`.
 pub fn pulse_env(dir: &Path) -> Vec<(&'static str, PathBuf)> {
     vec![
@@ -216,7 +275,7 @@ pub fn hello(target_latency_usec: u32) -> Hello {
 /// A fake guest: the socket, and a thread turning incoming frames into a
 /// channel of messages (closing it at end of stream).
 pub struct Guest {
-    pub stream: UnixStream,
+    pub stream: Box<dyn Write + Send>,
     pub incoming: Receiver<Result<HostMessage, String>>,
 }
 
@@ -224,6 +283,18 @@ impl Guest {
     pub fn connect(socket: &Path) -> Guest {
         let stream = UnixStream::connect(socket).unwrap();
         let reader = stream.try_clone().unwrap();
+        Guest::over(Box::new(stream), reader)
+    }
+
+    /// A guest on a TCP connection to `addr`.
+    pub fn connect_tcp(addr: &str) -> Guest {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        let reader = stream.try_clone().unwrap();
+        Guest::over(Box::new(stream), reader)
+    }
+
+    /// A guest over any connected stream (`reader` is a second handle).
+    pub fn over(stream: Box<dyn Write + Send>, reader: impl Read + Send + 'static) -> Guest {
         let (tx, incoming) = mpsc::channel();
         thread::spawn(move || {
             let mut reader = BufReader::new(reader);

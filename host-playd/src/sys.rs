@@ -1,0 +1,73 @@
+//! The only `unsafe` in host-playd: taking ownership of the listening
+//! sockets systemd passes by number (`LISTEN_FDS`, `sd_listen_fds(3)`).
+//! Turning a descriptor number into an `OwnedFd` is inherently unsafe in
+//! Rust (nothing else may own or close it); this module is where that
+//! promise is made and checked, so every other module can stay
+//! `#![forbid(unsafe_code)]`.
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
+pub const LISTEN_FDS_START: RawFd = 3;
+/// More than this many passed sockets is refused as a misconfiguration.
+pub const MAX_LISTEN_FDS: usize = 64;
+
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Takes the sockets systemd passed to this process, if `LISTEN_PID` names
+/// it, and removes `LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES` from the
+/// environment. Call it first thing in `main`, before anything opens a
+/// file; later calls return nothing.
+pub fn take_listen_fds() -> Result<Vec<OwnedFd>, String> {
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
+    let pid = std::env::var("LISTEN_PID").ok();
+    let fds = std::env::var("LISTEN_FDS").ok();
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    let (Some(pid), Some(fds)) = (pid, fds) else {
+        return Ok(Vec::new());
+    };
+    if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+        // Meant for another process (e.g. our parent): not ours to take.
+        return Ok(Vec::new());
+    }
+    let count: usize = fds
+        .trim()
+        .parse()
+        .map_err(|_| format!("LISTEN_FDS={fds:?} is not a number"))?;
+    if count > MAX_LISTEN_FDS {
+        return Err(format!("LISTEN_FDS={count} is more than {MAX_LISTEN_FDS}"));
+    }
+    let mut owned = Vec::with_capacity(count);
+    for i in 0..count {
+        let fd = LISTEN_FDS_START + RawFd::try_from(i).map_err(|e| e.to_string())?;
+        // SAFETY: fcntl(F_GETFD) only reads the descriptor table entry; an
+        // invalid number yields -1/EBADF and no side effect.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 {
+            return Err(format!(
+                "LISTEN_FDS={count} but descriptor {fd} is not open: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: as above; FD_CLOEXEC keeps the socket from leaking into
+        // anything we might run.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+            return Err(format!(
+                "cannot set close-on-exec on descriptor {fd}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: `fd` is open (checked above) and was inherited through
+        // exec under the sd_listen_fds protocol, addressed to this pid.
+        // Nothing else in this process owns it: this function runs once
+        // (TAKEN), before the daemon opens any file of its own, and the
+        // numbers 3..3+LISTEN_FDS are exactly the inherited range.
+        owned.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    Ok(owned)
+}
