@@ -6,7 +6,7 @@
 # The "host" is your running PulseAudio if one answers (so you hear the
 # sound), otherwise a private one with a null sink. The "guest" is always a
 # private PulseAudio in a temporary directory; nothing of yours is changed.
-# DEMO_HOST=private forces the private host.
+# DEMO_HOST=private forces the private host; DEMO_KEEP=1 keeps the logs.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,8 +19,11 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  echo "demo: logs were in $work (removed)"
-  rm -rf "$work"
+  if [ -n "${DEMO_KEEP:-}" ]; then
+    echo "demo: logs kept in $work"
+  else
+    rm -rf "$work"
+  fi
 }
 trap cleanup EXIT
 
@@ -55,7 +58,7 @@ else
   echo "demo: host side is a private PulseAudio with a null sink ($host_server)"
 fi
 
-playd_args=(--listen "unix:$work/playd.sock" --pulse-server "$host_server")
+playd_args=(--listen "unix:$work/playd.sock" --pulse-server "$host_server" --log-level "${DEMO_LOG_LEVEL:-info}")
 [ -n "$host_sink" ] && playd_args+=(--sink "$host_sink")
 target/release/host-playd "${playd_args[@]}" 2>"$work/host-playd.log" &
 pids+=("$!")
