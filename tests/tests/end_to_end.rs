@@ -335,3 +335,66 @@ fn idle_sink_corks_the_host_stream_and_resumes_whole() {
         println!("round {round}: clip arrived whole, corked {took:?} after the player ended");
     }
 }
+
+/// Dynamic latency: an application asking for a larger latency makes the
+/// tunnel sink configure it, the host stream's buffer follows over the wire,
+/// and the latency the sink reports follows too.
+#[test]
+fn application_latency_requests_resize_the_host_buffer() {
+    let stack = start_stack(&format!("{FORMAT} latency_msec=40"));
+    let host_buffer_usec = || -> Option<u64> {
+        let text = stack.host.pactl_ok(&["list", "sink-inputs"]).ok()?;
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("Buffer Latency: "))
+            .and_then(|v| v.trim_end_matches(" usec").parse().ok())
+    };
+    let played = signal::pseudo_random(0x1A7E, 6 * FRAMES_PER_SEC);
+    // pacat asks for 400 ms; the sink honours it within 40..2000 ms.
+    let mut cmd = stack.guest.client("pacat").expect("pacat");
+    cmd.args([
+        &format!("--device={GUEST_SINK}"),
+        "--raw",
+        "--format=s16le",
+        "--rate=48000",
+        "--channels=2",
+        "--latency-msec=400",
+    ])
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("spawn pacat");
+    let mut stdin = child.stdin.take().expect("pacat stdin");
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(&signal::to_bytes(&played));
+    });
+    // At latency_msec=40 the host buffer holds about 30 ms and the sink
+    // reports about 40 ms; pacat's 400 ms makes PulseAudio request 180 ms.
+    let mut seen = (0u64, 0u64, 0u64);
+    let took = wait_for(
+        "the sink and the host buffer to follow the request",
+        Duration::from_secs(8),
+        || {
+            let sink = stack.tunnel_sink().ok();
+            let configured = sink.as_ref().and_then(|s| s.configured_latency_usec);
+            let reported = sink.as_ref().and_then(|s| s.latency_usec);
+            seen = (
+                configured.unwrap_or(0),
+                host_buffer_usec().unwrap_or(0),
+                reported.unwrap_or(0),
+            );
+            seen.0 >= 150_000 && seen.1 >= 60_000 && seen.2 >= 80_000
+        },
+    );
+    println!(
+        "after {took:?}: sink configured {} ms, host buffer {} ms, reported {} ms",
+        seen.0 / 1000,
+        seen.1 / 1000,
+        seen.2 / 1000
+    );
+    // Never more than asked for.
+    assert!(seen.2 <= seen.0 + 20_000, "{seen:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = feeder.join();
+}
