@@ -9,6 +9,7 @@
 #include <pulse/xmalloc.h>
 #include <pulse/def.h>
 #include <pulse/rtclock.h>
+#include <pulse/util.h>
 #include <poll.h>
 
 #include <pulsecore/core.h>

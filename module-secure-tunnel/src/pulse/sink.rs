@@ -568,6 +568,15 @@ unsafe extern "C" fn thread_func(userdata: *mut c_void) {
     // SAFETY: userdata is the instance's Box, alive until done() has joined
     // this thread; thread_mq was initialised before the thread started.
     unsafe { sys::pa_thread_mq_install(&mut (*u).thread_mq) };
+    // Like every sink's IO thread: real-time priority when the daemon has
+    // it, so rendering keeps its pace on a loaded machine.
+    // SAFETY: core is valid while the module is loaded; the call only
+    // changes this thread's scheduling (failure is harmless and logged by it).
+    unsafe {
+        if (*(*u).core).realtime_scheduling() {
+            sys::pa_thread_make_realtime((*(*u).core).realtime_priority);
+        }
+    }
     // SAFETY: as above; only this thread uses the engine now.
     let outcome = no_unwind("the IO thread", Err("panic".to_owned()), || unsafe {
         io_loop(&*u)
