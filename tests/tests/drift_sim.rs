@@ -7,6 +7,8 @@
 //! The two clocks share nothing: the host's epoch is 1234 s away from the
 //! guest's and it runs `ppm` parts per million fast or slow.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::collections::VecDeque;
 
 use host_playd::backend::null::NullClock;
