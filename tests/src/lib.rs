@@ -9,11 +9,13 @@
 mod binaries;
 mod error;
 pub mod latency;
+pub mod netns;
 mod pactl;
 mod playd;
 mod process;
 mod pulse;
 mod record;
+pub mod robust;
 pub mod signal;
 mod stack;
 mod tempdir;

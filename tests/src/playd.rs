@@ -33,6 +33,22 @@ impl HostPlayd {
         host: &PulseDaemon,
         backend: Option<&str>,
     ) -> Result<Self, HarnessError> {
+        match backend {
+            // host-playd refuses --pulse-server and --sink with the null backend.
+            Some("null") => Self::start_with(socket, None, &["--backend", "null"]),
+            Some(b) => Self::start_with(socket, Some(host), &["--backend", b]),
+            None => Self::start_with(socket, Some(host), &[]),
+        }
+    }
+
+    /// Starts host-playd listening on `socket` with `extra_args`, playing
+    /// into `host`'s [`HOST_SINK`] when a host daemon is given (leave it out
+    /// for `--backend null`), and waits for the socket to appear.
+    pub fn start_with(
+        socket: &Path,
+        host: Option<&PulseDaemon>,
+        extra_args: &[&str],
+    ) -> Result<Self, HarnessError> {
         let exe = host_playd()?;
         let dir = TestDir::new("playd")?;
         let log = dir.path().join("host-playd.log");
@@ -40,21 +56,27 @@ impl HostPlayd {
             .map_err(|e| HarnessError::io(format!("creating {}", log.display()), e))?;
         let mut cmd = Command::new(exe);
         cmd.arg("--listen")
-            .arg(format!("unix:{}", socket.display()))
-            .arg("--pulse-server")
-            .arg(host.server())
-            .arg("--sink")
-            .arg(HOST_SINK);
-        if let Some(b) = backend {
-            cmd.args(["--backend", b]);
-        }
+            .arg(format!("unix:{}", socket.display()));
+        // Clients of the host daemon share its HOME and runtime directory;
+        // without one, host-playd gets a private HOME of its own.
+        let home = match host {
+            Some(host) => {
+                cmd.arg("--pulse-server")
+                    .arg(host.server())
+                    .arg("--sink")
+                    .arg(HOST_SINK)
+                    .env("XDG_RUNTIME_DIR", host.dir().join("runtime"))
+                    .env("PULSE_RUNTIME_PATH", host.dir().join("runtime"));
+                host.dir().join("home")
+            }
+            None => dir.subdir("home")?,
+        };
+        cmd.args(extra_args);
         cmd.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".to_owned()),
         )
-        .env("HOME", host.dir().join("home"))
-        .env("XDG_RUNTIME_DIR", host.dir().join("runtime"))
-        .env("PULSE_RUNTIME_PATH", host.dir().join("runtime"))
+        .env("HOME", home)
         .env_remove("PULSE_SERVER")
         .stdin(Stdio::null())
         .stdout(
@@ -94,6 +116,11 @@ impl HostPlayd {
             secs: READY_TIMEOUT.as_secs_f64(),
             log_tail: self.log_tail(),
         })
+    }
+
+    /// The daemon's process id (benchmarks read its CPU time in `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the daemon is still running.

@@ -55,6 +55,23 @@ impl PulseDaemon {
         dl_search_path: Option<&Path>,
         modules: &[&str],
     ) -> Result<Self, HarnessError> {
+        Self::start_inner(dir, name, dl_search_path, modules, None)
+    }
+
+    /// A daemon that runs `script` (a default.pa) with `-F` after the native
+    /// protocol module, finding modules in PulseAudio's own directory only
+    /// (no `--dl-search-path`): what an installed module meets.
+    pub fn start_script(dir: TestDir, name: &str, script: &Path) -> Result<Self, HarnessError> {
+        Self::start_inner(dir, name, None, &[], Some(script))
+    }
+
+    fn start_inner(
+        dir: TestDir,
+        name: &str,
+        dl_search_path: Option<&Path>,
+        modules: &[&str],
+        script: Option<&Path>,
+    ) -> Result<Self, HarnessError> {
         let socket = dir.path().join("native");
         let log = dir.path().join("pulseaudio.log");
         let config = dir.subdir("config")?;
@@ -91,6 +108,9 @@ impl PulseDaemon {
         ));
         for m in modules {
             cmd.arg("-L").arg(m);
+        }
+        if let Some(script) = script {
+            cmd.arg("-F").arg(script);
         }
         set_env(&mut cmd, dir.path())?;
         cmd.stdin(Stdio::null())
@@ -196,6 +216,16 @@ impl PulseDaemon {
             .map_err(|_| format!("pactl load-module printed {stdout:?}, not an index"))
     }
 
+    /// The daemon's process id (benchmarks read its CPU time in `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The daemon's log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// Whether the daemon process is still running.
     pub fn is_alive(&mut self) -> bool {
         self.child.exit_status().is_none()
@@ -279,6 +309,11 @@ fn link_modules(system: &Path, module: &Path, into: &Path) -> Result<(), Harness
     for entry in entries {
         let entry =
             entry.map_err(|e| HarnessError::io(format!("listing {}", system.display()), e))?;
+        // An installed copy of our module (the Debian package) must not
+        // shadow the one under test.
+        if entry.file_name().to_str() == Some(&format!("{MODULE_NAME}.so")) {
+            continue;
+        }
         let to = into.join(entry.file_name());
         std::os::unix::fs::symlink(entry.path(), &to)
             .map_err(|e| HarnessError::io(format!("linking {}", to.display()), e))?;

@@ -220,6 +220,11 @@ impl Player {
         Self::start(daemon, sink, data)?.wait(timeout)
     }
 
+    /// Whether `pacat` is still running (it has neither finished nor died).
+    pub fn is_running(&mut self) -> bool {
+        self.child.exit_status().is_none()
+    }
+
     /// Waits for `pacat` to drain and exit; returns how long it ran.
     pub fn wait(mut self, timeout: Duration) -> Result<Duration, HarnessError> {
         let status = self.child.wait_timeout(timeout);

@@ -29,9 +29,14 @@ impl TunnelStack {
     /// Starts everything; `module_args` are appended to the module's
     /// `server=... sink_name=secure_tunnel`.
     pub fn start(module_args: &str) -> Result<Self, HarnessError> {
+        Self::start_with(&[], module_args)
+    }
+
+    /// [`TunnelStack::start`] with extra host-playd arguments.
+    pub fn start_with(playd_args: &[&str], module_args: &str) -> Result<Self, HarnessError> {
         let host = host_daemon()?;
         let socket = host.dir().join("playd.sock");
-        let playd = HostPlayd::start(&socket, &host, None)?;
+        let playd = HostPlayd::start_with(&socket, Some(&host), playd_args)?;
         let guest = guest_daemon()?;
         let args = format!(
             "server=unix:{} sink_name={GUEST_SINK} {module_args}",

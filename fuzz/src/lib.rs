@@ -1,0 +1,691 @@
+//! The fuzz harnesses, shared by the cargo-fuzz targets in `fuzz_targets/`
+//! and by the corpus regression test (`tests/tests/fuzz_corpus.rs` includes
+//! this file), so CI replays the corpus through exactly the code the fuzzer
+//! ran.
+//!
+//! Each harness takes arbitrary bytes, drives one component, and panics only
+//! when an invariant of that component is broken (a panic inside the
+//! component itself is of course also a finding).
+//!
+//! - [`frame_reader`]: the incremental decoder fed arbitrary chunks, checked
+//!   against the blocking decoder on the same stream;
+//! - [`message_decode`]: both message types decoded from arbitrary payloads
+//!   and frames; what decodes must validate and re-encode to the same bytes;
+//! - [`host_session`]: host-playd's per-connection state machine driven by an
+//!   arbitrary sequence of guest messages, backend events and clock steps;
+//! - [`module_engine`]: the guest module's IO-thread engine connected to a
+//!   fake host (a real unix socket) that sends it arbitrary bytes and
+//!   messages while time and rendering advance arbitrarily.
+
+use std::io::{Cursor, Read, Write};
+
+use arbitrary::{Result as ArbResult, Unstructured};
+use host_playd::backend::{StreamParams, StreamStatus};
+use host_playd::session::{Action, Event, Session};
+use secure_tunnel_protocol::{
+    encode_frame, read_frame, Accept, ClockReport, FrameReader, GuestMessage, Hello, HostMessage,
+    ProtocolError, RejectReason, SampleFormat, StreamSpec, WireMessage, MAGIC, MAX_AUDIO_CHUNK,
+    MAX_FRAME_LEN, PROTOCOL_VERSION,
+};
+
+// ---------------------------------------------------------------------------
+// frame decoder
+
+/// Splits `data` into a chunking script (first byte: seed of chunk sizes) and
+/// a byte stream, feeds the stream to a [`FrameReader`] in those chunks, and
+/// checks it yields exactly what [`read_frame`] yields on the same stream.
+pub fn frame_reader(data: &[u8]) {
+    let Some((&seed, stream)) = data.split_first() else {
+        return;
+    };
+    check_reader::<GuestMessage>(seed, stream);
+    check_reader::<HostMessage>(seed, stream);
+}
+
+fn check_reader<M: WireMessage + PartialEq + std::fmt::Debug>(seed: u8, stream: &[u8]) {
+    // Reference: the blocking decoder.
+    let mut cursor = Cursor::new(stream);
+    let mut expected = Vec::new();
+    let expected_end = loop {
+        match read_frame::<M, _>(&mut cursor) {
+            Ok(m) => expected.push(m),
+            Err(e) => break e,
+        }
+    };
+
+    let mut reader = FrameReader::new();
+    let mut got = Vec::new();
+    let mut pos = 0;
+    let mut step = 0usize;
+    let mut error = None;
+    'feed: while pos < stream.len() {
+        // Chunk sizes 1..=256 from a tiny LCG, or "what the reader wants".
+        step = step.wrapping_mul(31).wrapping_add(usize::from(seed) + 7);
+        let wanted = reader.wanted();
+        assert!(wanted >= 1, "FrameReader::wanted() returned 0");
+        let len = if seed & 1 == 0 {
+            wanted
+        } else {
+            step % 256 + 1
+        };
+        let end = (pos + len).min(stream.len());
+        reader.feed(&stream[pos..end]);
+        pos = end;
+        loop {
+            match reader.next_message::<M>() {
+                Ok(Some(m)) => got.push(m),
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(e);
+                    break 'feed;
+                }
+            }
+        }
+        // Drained: at most one incomplete frame is held.
+        assert!(
+            reader.pending() < 4 + MAX_FRAME_LEN as usize,
+            "FrameReader holds {} bytes after draining",
+            reader.pending()
+        );
+    }
+    assert_eq!(
+        got, expected,
+        "FrameReader and read_frame disagree on the same stream"
+    );
+    match (error, expected_end) {
+        // The stream ended cleanly or inside a frame: both agree on the
+        // messages, and the reader holds the rest.
+        (None, ProtocolError::Closed | ProtocolError::Truncated) => {}
+        (Some(a), b) => assert_eq!(
+            std::mem::discriminant(&a),
+            std::mem::discriminant(&b),
+            "different errors: FrameReader {a:?}, read_frame {b:?}"
+        ),
+        (None, b) => panic!("read_frame failed with {b:?} but FrameReader did not"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// message decoder
+
+/// Decodes `data` three ways: as a sequence of frames, and as one payload of
+/// each message type. Whatever decodes must validate, and re-encode to the
+/// very bytes it came from (the encoding is canonical).
+pub fn message_decode(data: &[u8]) {
+    stream_roundtrip::<GuestMessage>(data);
+    stream_roundtrip::<HostMessage>(data);
+    if let Ok(len) = u32::try_from(data.len()) {
+        let mut frame = len.to_le_bytes().to_vec();
+        frame.extend_from_slice(data);
+        stream_roundtrip::<GuestMessage>(&frame);
+        stream_roundtrip::<HostMessage>(&frame);
+    }
+}
+
+fn stream_roundtrip<M: WireMessage + PartialEq + std::fmt::Debug>(stream: &[u8]) {
+    let mut cursor = Cursor::new(stream);
+    loop {
+        let start = cursor.position() as usize;
+        let Ok(msg) = read_frame::<M, _>(&mut cursor) else {
+            return;
+        };
+        let end = cursor.position() as usize;
+        msg.validate().expect("a decoded message validates");
+        let mut again = Vec::new();
+        encode_frame(&msg, &mut again).expect("a decoded message encodes");
+        assert_eq!(
+            again,
+            stream[start..end],
+            "{msg:?} re-encodes differently from the bytes it was decoded from"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// host session
+
+fn arb_spec(u: &mut Unstructured<'_>) -> ArbResult<StreamSpec> {
+    let format = *u.choose(&[
+        SampleFormat::S16Le,
+        SampleFormat::S32Le,
+        SampleFormat::F32Le,
+    ])?;
+    let rate = if u.ratio(3, 4)? {
+        *u.choose(&[8_000, 44_100, 48_000, 96_000, 192_000])?
+    } else {
+        u.arbitrary()?
+    };
+    let channels = u.int_in_range(0..=9)?;
+    let channel_map = (0..channels)
+        .map(|i| {
+            if u.ratio(7, 8)? {
+                Ok(i + 1)
+            } else {
+                u.arbitrary()
+            }
+        })
+        .collect::<ArbResult<Vec<u8>>>()?;
+    Ok(StreamSpec {
+        format,
+        rate,
+        channel_map,
+    })
+}
+
+fn arb_text(u: &mut Unstructured<'_>) -> ArbResult<String> {
+    let len = u.int_in_range(0..=300)?;
+    let bytes = u.bytes(len.min(u.len()))?;
+    Ok(String::from_utf8_lossy(bytes).into_owned())
+}
+
+fn arb_guest_message(u: &mut Unstructured<'_>, frame: usize) -> ArbResult<GuestMessage> {
+    Ok(match u.int_in_range(0..=8)? {
+        0 => GuestMessage::Hello(Hello {
+            magic: if u.ratio(15, 16)? {
+                MAGIC
+            } else {
+                u.arbitrary()?
+            },
+            version: if u.ratio(7, 8)? {
+                PROTOCOL_VERSION
+            } else {
+                u.arbitrary()?
+            },
+            spec: arb_spec(u)?,
+            target_latency_usec: if u.ratio(3, 4)? {
+                u.int_in_range(1_000..=10_000_000)?
+            } else {
+                u.arbitrary()?
+            },
+            stream_name: arb_text(u)?,
+        }),
+        1..=3 => {
+            // Mostly whole frames of a plausible size, sometimes anything.
+            let len = if u.ratio(7, 8)? {
+                frame.max(1) * u.int_in_range(0..=2048)?
+            } else {
+                u.int_in_range(0..=MAX_AUDIO_CHUNK + 1)?
+            };
+            GuestMessage::Audio(vec![0x5a; len.min(MAX_AUDIO_CHUNK + 1)])
+        }
+        4 => GuestMessage::Cork,
+        5 => GuestMessage::Uncork,
+        6 => GuestMessage::Flush,
+        7 => GuestMessage::SetLatency {
+            target_latency_usec: u.arbitrary()?,
+        },
+        _ => {
+            if u.arbitrary()? {
+                GuestMessage::Ping {
+                    guest_time_usec: u.arbitrary()?,
+                }
+            } else {
+                GuestMessage::Goodbye {
+                    reason: arb_text(u)?,
+                }
+            }
+        }
+    })
+}
+
+fn arb_reject(u: &mut Unstructured<'_>) -> ArbResult<RejectReason> {
+    u.choose(&[
+        RejectReason::UnsupportedVersion,
+        RejectReason::UnsupportedFormat,
+        RejectReason::NotAllowed,
+        RejectReason::TooManyClients,
+        RejectReason::BadRequest,
+        RejectReason::ServerError,
+    ])
+    .copied()
+}
+
+/// What the engine would feed a session, plus the clock step before it.
+fn arb_event(
+    u: &mut Unstructured<'_>,
+    frame: usize,
+    host_time: &mut u64,
+    played: &mut u64,
+) -> ArbResult<Event> {
+    Ok(match u.int_in_range(0..=11)? {
+        0..=3 => {
+            // The reader thread only passes on messages that validate; the
+            // others become protocol errors.
+            let msg = arb_guest_message(u, frame)?;
+            match msg.validate() {
+                Ok(()) => Event::Message(msg),
+                Err(e) => Event::ProtocolError(e.to_string()),
+            }
+        }
+        4 => Event::ProtocolError(arb_text(u)?),
+        5 => Event::StreamOpened {
+            buffer_bytes: if u.arbitrary()? {
+                u.arbitrary()?
+            } else {
+                u.int_in_range(0..=1 << 20)?
+            },
+        },
+        6 => Event::OpenRefused {
+            reason: arb_reject(u)?,
+            message: arb_text(u)?,
+        },
+        7 => Event::StreamFailed {
+            reason: arb_text(u)?,
+        },
+        8..=9 => {
+            *host_time = host_time.saturating_add(u.int_in_range(0..=100_000)?);
+            *played = played.saturating_add(u.int_in_range(0..=1 << 16)?);
+            Event::Status(StreamStatus {
+                host_time_usec: *host_time,
+                writable_bytes: if u.ratio(7, 8)? {
+                    u.int_in_range(0..=1 << 20)?
+                } else {
+                    u.arbitrary()?
+                },
+                played_bytes: if u.ratio(7, 8)? {
+                    *played
+                } else {
+                    u.arbitrary()?
+                },
+                device_latency_usec: u.arbitrary()?,
+                underruns: u.arbitrary()?,
+                playing: u.arbitrary()?,
+            })
+        }
+        10 => Event::Tick,
+        _ => Event::Shutdown,
+    })
+}
+
+/// What a host session has promised so far, checked after every event.
+#[derive(Debug, Default)]
+struct SessionLedger {
+    accepted: bool,
+    opened: bool,
+    closed: bool,
+    sent_any: bool,
+    last_credit: u64,
+    last_played: u64,
+    written: u64,
+    frame: u64,
+}
+
+impl SessionLedger {
+    fn check(&mut self, session: &Session, actions: &[Action]) {
+        for (i, action) in actions.iter().enumerate() {
+            assert!(!self.closed, "action {action:?} after Close");
+            match action {
+                Action::Send(msg) => self.sent(msg),
+                Action::OpenStream(StreamParams {
+                    spec,
+                    tlength_bytes,
+                    ..
+                }) => {
+                    assert!(!self.opened, "a second OpenStream");
+                    spec.validate().expect("OpenStream with a valid spec");
+                    assert!(*tlength_bytes > 0, "OpenStream with an empty buffer");
+                    self.opened = true;
+                    self.frame = u64::from(spec.frame_size());
+                }
+                Action::Write(data) => {
+                    assert!(self.accepted, "audio written before Accept");
+                    assert_eq!(data.len() as u64 % self.frame, 0, "partial frame written");
+                    self.written += data.len() as u64;
+                }
+                Action::Cork(_) | Action::Flush | Action::SetBuffer { .. } => {
+                    assert!(self.accepted, "{action:?} before Accept");
+                }
+                Action::Close { .. } => {
+                    assert_eq!(i + 1, actions.len(), "actions after Close");
+                    self.closed = true;
+                }
+            }
+        }
+        assert_eq!(
+            self.closed,
+            session.is_closed(),
+            "Close and is_closed disagree"
+        );
+        assert_eq!(
+            self.written,
+            session.received_bytes(),
+            "written != received"
+        );
+        assert!(
+            session.received_bytes() <= session.granted_bytes(),
+            "received {} beyond the credit {}",
+            session.received_bytes(),
+            session.granted_bytes()
+        );
+    }
+
+    fn sent(&mut self, msg: &HostMessage) {
+        msg.validate().expect("the host only sends valid messages");
+        let mut frame = Vec::new();
+        encode_frame(msg, &mut frame).expect("the host only sends encodable messages");
+        let first = !self.sent_any;
+        if !matches!(msg, HostMessage::Pong { .. }) {
+            self.sent_any = true;
+        }
+        match msg {
+            HostMessage::Accept(_) => {
+                assert!(first, "Accept after another non-Pong message");
+                assert!(self.opened, "Accept without OpenStream");
+                self.accepted = true;
+            }
+            HostMessage::Reject { .. } => assert!(!self.accepted, "Reject after Accept"),
+            // A Ping while the stream opens is answered at once (deliberate,
+            // see the session's tests), so a Pong may precede Accept.
+            HostMessage::Pong { .. } => {}
+            HostMessage::Credit { limit_bytes } => {
+                assert!(self.accepted, "Credit before Accept");
+                assert!(*limit_bytes >= self.last_credit, "credit shrank");
+                assert_eq!(limit_bytes % self.frame, 0, "credit of partial frames");
+                self.last_credit = *limit_bytes;
+            }
+            HostMessage::Clock(report) => {
+                assert!(self.accepted, "Clock before Accept");
+                assert!(report.played_bytes >= self.last_played, "played went back");
+                assert!(report.received_bytes == self.written, "received mismatch");
+                self.last_played = report.played_bytes;
+            }
+            HostMessage::Goodbye { .. } => assert!(self.accepted, "Goodbye before Accept"),
+        }
+    }
+}
+
+/// Drives one [`Session`] through an arbitrary sequence of events.
+pub fn host_session(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let _ = drive_session(&mut u);
+}
+
+fn drive_session(u: &mut Unstructured<'_>) -> ArbResult<()> {
+    let mut now: u64 = u.int_in_range(0..=u64::MAX / 2)?;
+    let timeout = u.int_in_range(1_000..=10_000_000)?;
+    let mut session = Session::new(now, timeout, "fuzz");
+    let mut ledger = SessionLedger {
+        frame: 1,
+        ..SessionLedger::default()
+    };
+    let mut host_time = now;
+    let mut played = 0;
+    let mut out = Vec::new();
+    for _ in 0..u.int_in_range(1..=200)? {
+        if u.is_empty() {
+            break;
+        }
+        now = now.saturating_add(u.int_in_range(0..=2_000_000)?);
+        let frame = usize::try_from(ledger.frame).unwrap_or(1);
+        let event = arb_event(u, frame, &mut host_time, &mut played)?;
+        out.clear();
+        session.handle(now, event, &mut out);
+        ledger.check(&session, &out);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// module engine
+
+mod module {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    use module_secure_tunnel_sink::config::{RawArgs, TunnelConfig};
+    use module_secure_tunnel_sink::engine::Engine;
+    use module_secure_tunnel_sink::session::Activity;
+
+    use super::*;
+
+    struct FakeHost {
+        listener: UnixListener,
+        path: PathBuf,
+    }
+
+    fn fake_host() -> &'static FakeHost {
+        static HOST: OnceLock<FakeHost> = OnceLock::new();
+        HOST.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("st-fuzz-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("creating the fake host's directory");
+            let path = dir.join("host.sock");
+            let listener = UnixListener::bind(&path).expect("binding the fake host");
+            FakeHost { listener, path }
+        })
+    }
+
+    fn spec() -> StreamSpec {
+        StreamSpec {
+            format: SampleFormat::S16Le,
+            rate: 48_000,
+            channel_map: vec![1, 2],
+        }
+    }
+
+    /// One step of the fake host or of the clock.
+    fn arb_step(u: &mut Unstructured<'_>, host_now: &mut u64) -> ArbResult<Option<Vec<u8>>> {
+        let msg = match u.int_in_range(0..=9)? {
+            0 => {
+                // Raw bytes straight onto the socket.
+                let len = u.int_in_range(0..=64)?;
+                return Ok(Some(u.bytes(len.min(u.len()))?.to_vec()));
+            }
+            1..=2 => HostMessage::Credit {
+                limit_bytes: if u.ratio(3, 4)? {
+                    u.int_in_range(0..=1 << 22)?
+                } else {
+                    u.arbitrary()?
+                },
+            },
+            3..=4 => {
+                *host_now = host_now.saturating_add(u.int_in_range(0..=100_000)?);
+                let received: u64 = u.arbitrary()?;
+                HostMessage::Clock(ClockReport {
+                    host_time_usec: if u.ratio(7, 8)? {
+                        *host_now
+                    } else {
+                        u.arbitrary()?
+                    },
+                    received_bytes: received,
+                    played_bytes: u.int_in_range(0..=received)?,
+                    device_latency_usec: u.arbitrary()?,
+                    underruns: u.arbitrary()?,
+                    playing: u.arbitrary()?,
+                })
+            }
+            5 => HostMessage::Pong {
+                guest_time_usec: u.arbitrary()?,
+                host_time_usec: u.arbitrary()?,
+            },
+            6 => HostMessage::Goodbye {
+                reason: arb_text(u)?,
+            },
+            7 => HostMessage::Accept(Accept {
+                version: u.arbitrary()?,
+                buffer_bytes: u.arbitrary()?,
+                host_time_usec: u.arbitrary()?,
+            }),
+            8 => HostMessage::Reject {
+                reason: arb_reject(u)?,
+                message: arb_text(u)?,
+            },
+            _ => return Ok(None),
+        };
+        let mut frame = Vec::new();
+        // Invalid texts do not encode-validate; send them anyway, as a
+        // hostile host would.
+        let _ = encode_frame(&msg, &mut frame);
+        Ok(Some(frame))
+    }
+
+    /// Connects a fresh [`Engine`] to the fake host, then lets the host send
+    /// arbitrary bytes and messages while the guest clock, rendering and the
+    /// sink state change arbitrarily. Checks that the engine never sends a
+    /// malformed frame, never exceeds the credit the host granted, and never
+    /// reports a negative latency.
+    pub fn module_engine(data: &[u8]) {
+        let host = fake_host();
+        let server = format!("unix:{}", host.path.display());
+        let config = TunnelConfig::from_args(RawArgs {
+            server: Some(&server),
+            reconnect_interval_msec: Some("100"),
+            ..RawArgs::default()
+        })
+        .expect("a valid module configuration");
+        let mut engine = Engine::new(config, spec());
+        let mut now: u64 = 1_000_000;
+        engine.set_activity(Activity::Running, now);
+        engine.poll_io(now);
+        let (mut sock, _) = host.listener.accept().expect("accepting the engine");
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("setting a timeout");
+        match read_frame::<GuestMessage, _>(&mut sock) {
+            Ok(GuestMessage::Hello(h)) => h.validate().expect("the module's Hello validates"),
+            other => panic!("the module opened with {other:?}"),
+        }
+        let mut accept = Vec::new();
+        encode_frame(
+            &HostMessage::Accept(Accept {
+                version: PROTOCOL_VERSION,
+                buffer_bytes: 11_520,
+                host_time_usec: 5_000_000,
+            }),
+            &mut accept,
+        )
+        .expect("encoding Accept");
+        sock.write_all(&accept).expect("sending Accept");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !engine.is_connected() {
+            assert!(Instant::now() < deadline, "the engine did not connect");
+            engine.poll_io(now);
+            std::thread::yield_now();
+        }
+        sock.set_nonblocking(true).expect("non-blocking fake host");
+
+        let mut u = Unstructured::new(data);
+        let mut mirror = Mirror::default();
+        let _ = drive_engine(&mut u, &mut engine, &mut sock, &mut now, &mut mirror);
+        engine.shutdown("fuzz input done");
+        mirror.drain_guest(&mut sock);
+    }
+
+    /// The fake host's view: what it granted and what the guest sent.
+    #[derive(Default)]
+    struct Mirror {
+        host_stream: FrameReader,
+        host_broken: bool,
+        max_credit: u64,
+        guest_stream: FrameReader,
+        audio: u64,
+    }
+
+    impl Mirror {
+        fn host_sent(&mut self, bytes: &[u8]) {
+            if self.host_broken {
+                return;
+            }
+            self.host_stream.feed(bytes);
+            loop {
+                match self.host_stream.next_message::<HostMessage>() {
+                    Ok(Some(HostMessage::Credit { limit_bytes })) => {
+                        self.max_credit = self.max_credit.max(limit_bytes);
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.host_broken = true;
+                        break;
+                    }
+                }
+            }
+        }
+
+        fn drain_guest(&mut self, sock: &mut UnixStream) {
+            let mut buf = [0u8; 64 * 1024];
+            loop {
+                match sock.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => self.guest_stream.feed(&buf[..n]),
+                }
+                while let Some(msg) = self
+                    .guest_stream
+                    .next_message::<GuestMessage>()
+                    .expect("the module only sends well-formed frames")
+                {
+                    match msg {
+                        GuestMessage::Audio(a) => {
+                            assert_eq!(a.len() % 4, 0, "audio of partial frames");
+                            self.audio += a.len() as u64;
+                        }
+                        GuestMessage::Hello(_) => panic!("a second Hello"),
+                        _ => {}
+                    }
+                }
+            }
+            assert!(
+                self.audio <= self.max_credit,
+                "the module sent {} audio bytes with a credit of {}",
+                self.audio,
+                self.max_credit
+            );
+        }
+    }
+
+    fn drive_engine(
+        u: &mut Unstructured<'_>,
+        engine: &mut Engine,
+        sock: &mut UnixStream,
+        now: &mut u64,
+        mirror: &mut Mirror,
+    ) -> ArbResult<()> {
+        let mut host_now = 5_000_000;
+        for _ in 0..u.int_in_range(1..=100)? {
+            if u.is_empty() || !engine.is_connected() {
+                break;
+            }
+            match u.int_in_range(0..=5)? {
+                0..=2 => {
+                    if let Some(bytes) = arb_step(u, &mut host_now)? {
+                        // The socket buffer takes far more than one input.
+                        if sock.write_all(&bytes).is_err() {
+                            break;
+                        }
+                        mirror.host_sent(&bytes);
+                    }
+                }
+                3 => {
+                    *now = now.saturating_add(u.int_in_range(0..=3_000_000)?);
+                }
+                4 => {
+                    let activity =
+                        *u.choose(&[Activity::Running, Activity::Idle, Activity::Suspended])?;
+                    engine.set_activity(activity, *now);
+                }
+                _ => {
+                    let usec = if u.arbitrary()? {
+                        Some(u.arbitrary()?)
+                    } else {
+                        None
+                    };
+                    engine.set_requested_latency(usec);
+                }
+            }
+            engine.poll_io(*now);
+            let budget = engine.render_budget(*now);
+            if budget > 0 {
+                engine.consume(&vec![0u8; budget], *now);
+            }
+            engine.flush(*now);
+            let latency = engine.latency_usec(*now);
+            assert!(latency >= 0, "negative latency {latency}");
+            assert!(engine.next_wakeup(*now) >= *now, "wake-up in the past");
+            mirror.drain_guest(sock);
+        }
+        Ok(())
+    }
+}
+
+pub use module::module_engine;
