@@ -99,6 +99,12 @@ pub struct Args {
     #[arg(long)]
     pub check_sandbox: bool,
 
+    /// Check the options and the --config file without starting: print a
+    /// summary and exit 0, or print the error (naming the file, the line and
+    /// the field) and exit 1. Nothing is bound or connected.
+    #[arg(long)]
+    pub check_config: bool,
+
     /// Log verbosity (logs go to stderr).
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -142,6 +148,8 @@ pub enum ArgsError {
     SkewWithoutNull,
     #[error("--{0} only applies to --backend pulse")]
     PulseOptionWithNull(&'static str),
+    #[error("{0}")]
+    User(String),
 }
 
 impl Args {
@@ -210,6 +218,101 @@ impl Args {
                 memory_mb: file.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
             },
         })
+    }
+}
+
+impl Args {
+    /// `--check-config`: everything [`Args::to_config`] checks, plus that the
+    /// sandbox's user exists; on success a summary of what would run.
+    pub fn check_config(&self) -> Result<String, ArgsError> {
+        let config = self.to_config()?;
+        let source = match &self.config {
+            Some(path) => path.display().to_string(),
+            None => "(no --config file)".to_owned(),
+        };
+        let user = match (&config.sandbox.user, config.sandbox.mode) {
+            (_, SandboxMode::Off) => "unchanged (--sandbox off)".to_owned(),
+            (Some(name), _) => {
+                let found = match name.parse::<u32>() {
+                    Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+                    Err(_) => nix::unistd::User::from_name(name),
+                };
+                let from = if self.user.is_some() {
+                    "--user".to_owned()
+                } else {
+                    format!("{source}: field `user` in [sandbox]")
+                };
+                match found {
+                    Ok(Some(u)) if u.uid.is_root() => {
+                        return Err(ArgsError::User(format!(
+                            "{from}: user {name:?} is root; pick an unprivileged user"
+                        )))
+                    }
+                    Ok(Some(u)) => format!("{} (uid {})", u.name, u.uid),
+                    Ok(None) => {
+                        return Err(ArgsError::User(format!("{from}: no such user {name:?}")))
+                    }
+                    Err(e) => {
+                        return Err(ArgsError::User(format!(
+                            "{from}: cannot look up user {name:?}: {e}"
+                        )))
+                    }
+                }
+            }
+            (None, _) => format!(
+                "{} if started as root, else unchanged",
+                crate::sandbox::DEFAULT_USER
+            ),
+        };
+        let listen = if config.listen.is_empty() {
+            "sockets passed by systemd (no --listen)".to_owned()
+        } else {
+            config
+                .listen
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let backend = match &config.backend {
+            BackendChoice::Pulse(p) => format!(
+                "pulse (server {}, sink {})",
+                p.server.as_deref().unwrap_or("default"),
+                p.sink.as_deref().unwrap_or("default")
+            ),
+            BackendChoice::Null { skew_ppm } => format!("null (TEST ONLY, skew {skew_ppm} ppm)"),
+        };
+        let verdict = |allowed: bool| if allowed { "allow" } else { "deny" };
+        let policy = &config.policy;
+        let rules = policy
+            .rules
+            .iter()
+            .map(|r| format!("{:?} ({}: {})", r.name, r.matcher, verdict(r.allow)))
+            .collect::<Vec<_>>();
+        let idle = config
+            .idle_timeout
+            .map_or_else(|| "never".to_owned(), |d| format!("{} ms", d.as_millis()));
+        Ok(format!(
+            "{source}: OK\n\
+             listen: {listen}\n\
+             backend: {backend}\n\
+             limits: max_clients {}, handshake_timeout_ms {}, idle_timeout {idle}, memory_mb {}\n\
+             sandbox: {}, user {user}\n\
+             defaults: unix {}, vsock {}, tcp {}\n\
+             rules: {}",
+            config.max_clients,
+            config.handshake_timeout.as_millis(),
+            config.sandbox.memory_mb,
+            config.sandbox.mode,
+            verdict(policy.defaults.unix),
+            verdict(policy.defaults.vsock),
+            verdict(policy.defaults.tcp),
+            if rules.is_empty() {
+                "none".to_owned()
+            } else {
+                rules.join(", ")
+            },
+        ))
     }
 }
 
@@ -327,6 +430,54 @@ mod tests {
                 sink: Some("s".into())
             })
         );
+    }
+
+    #[test]
+    fn check_config_summarises_or_names_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.toml");
+        std::fs::write(
+            &good,
+            "[limits]\nmax_clients = 4\n[[rule]]\nname = \"vm3\"\nvsock_cid = 3\n",
+        )
+        .unwrap();
+        let args = parse(&["--check-config", "--config", good.to_str().unwrap()]).unwrap();
+        assert!(args.check_config);
+        let summary = args.check_config().unwrap();
+        assert!(
+            summary.starts_with(&format!("{}: OK\n", good.display())),
+            "{summary}"
+        );
+        assert!(summary.contains("max_clients 4"), "{summary}");
+        assert!(summary.contains("\"vm3\""), "{summary}");
+        assert!(summary.contains("sockets passed by systemd"), "{summary}");
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[limits]\n\nmax_clients = 0\n").unwrap();
+        let e = parse(&["--check-config", "--config", bad.to_str().unwrap()])
+            .unwrap()
+            .check_config()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("{}:3:", bad.display())) && e.contains("`max_clients`"),
+            "{e}"
+        );
+
+        let ghost = dir.path().join("ghost.toml");
+        std::fs::write(&ghost, "[sandbox]\nuser = \"no-such-user-st\"\n").unwrap();
+        let e = parse(&["--config", ghost.to_str().unwrap()])
+            .unwrap()
+            .check_config()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no such user \"no-such-user-st\""), "{e}");
+        assert!(e.contains("field `user`"), "{e}");
+        let root = parse(&["--user", "root"])
+            .unwrap()
+            .check_config()
+            .unwrap_err();
+        assert!(root.to_string().contains("is root"), "{root}");
     }
 
     #[test]

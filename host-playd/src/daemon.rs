@@ -98,6 +98,8 @@ pub enum DaemonError {
 pub struct Daemon {
     config: DaemonConfig,
     listeners: Vec<Listener>,
+    /// Set by a SIGUSR1 handler: log per-client statistics.
+    stats_request: Option<Arc<AtomicBool>>,
 }
 
 impl Daemon {
@@ -131,7 +133,19 @@ impl Daemon {
                  refused (add a [[rule]] with tcp = \"ADDR/PREFIX\" to --config)"
             );
         }
-        Ok(Daemon { config, listeners })
+        Ok(Daemon {
+            config,
+            listeners,
+            stats_request: None,
+        })
+    }
+
+    /// Logs every client's statistics whenever `flag` is found set (main
+    /// sets it on SIGUSR1); see [`crate::stats`].
+    #[must_use]
+    pub fn with_stats_request(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stats_request = Some(flag);
+        self
     }
 
     /// The bound addresses, as they appear in logs.
@@ -183,6 +197,7 @@ impl Daemon {
         }
 
         let engine_done = AtomicBool::new(false);
+        let stats_request = self.stats_request.take();
         thread::scope(|scope| -> Result<(), DaemonError> {
             let watcher_handle = handle.clone();
             let done = &engine_done;
@@ -201,7 +216,11 @@ impl Daemon {
             // scope can unwind.
             let _done = SetOnDrop(done);
             drop(handle);
-            Engine::new(backend, clock, engine_config).run(commands, wake);
+            let mut engine = Engine::new(backend, clock, engine_config);
+            if let Some(flag) = stats_request {
+                engine = engine.with_stats_request(flag);
+            }
+            engine.run(commands, wake);
             Ok(())
         })?;
 

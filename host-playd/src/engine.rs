@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -17,10 +18,11 @@ use std::time::{Duration, Instant};
 use secure_tunnel_protocol::{GuestMessage, HostMessage, RejectReason};
 use thiserror::Error;
 
-use crate::backend::{AudioBackend, StreamEvent, StreamId};
+use crate::backend::{AudioBackend, StreamEvent, StreamId, StreamStatus};
 use crate::clock::{HostClock, RateLimit};
-use crate::policy::{Admission, PeerIdentity, Policy};
+use crate::policy::{Admission, IdentityKey, PeerIdentity, Policy};
 use crate::session::{bounded_text, Action, Event, Session};
+use crate::stats::{self, ClientStats};
 
 /// Commands queued towards the engine before connection threads block.
 pub const COMMAND_QUEUE: usize = 256;
@@ -198,6 +200,59 @@ struct Client {
     last_heard_usec: u64,
     /// The stream's spec once it is being opened.
     spec: Option<secure_tunnel_protocol::StreamSpec>,
+    /// Host time of the connect.
+    connected_usec: u64,
+    /// The latest sample of the open stream, for statistics.
+    last_status: Option<StreamStatus>,
+    /// Connections from this peer's uid, IP address or CID so far.
+    connections: u64,
+}
+
+impl Client {
+    /// What the statistics say about this client at `now_usec`.
+    fn stats(&self, id: ClientId, now_usec: u64) -> ClientStats {
+        let state = if self.session.is_streaming() {
+            match self.last_status {
+                Some(status) if !status.playing => "idle",
+                _ => "playing",
+            }
+        } else if self.session.has_stream() {
+            "opening"
+        } else {
+            "handshake"
+        };
+        let bytes = self.session.received_bytes();
+        let latency = match (&self.spec, self.last_status) {
+            (Some(spec), Some(status)) if self.session.is_streaming() => {
+                let queued = bytes.saturating_sub(status.played_bytes);
+                let usec = spec
+                    .bytes_to_usec(queued)
+                    .saturating_add(u64::from(status.device_latency_usec));
+                Some(Duration::from_micros(usec))
+            }
+            _ => None,
+        };
+        ClientStats {
+            id,
+            peer: self.peer.clone(),
+            state,
+            connected_for: Duration::from_micros(now_usec.saturating_sub(self.connected_usec)),
+            bytes,
+            underruns: self.last_status.map_or(0, |s| s.underruns),
+            latency,
+            connections: self.connections,
+        }
+    }
+
+    /// The tail of a disconnect log line: how long, how much, how well.
+    fn summary(&self, now_usec: u64) -> String {
+        let secs = now_usec.saturating_sub(self.connected_usec) as f64 / 1e6;
+        format!(
+            "after {secs:.1} s, {} bytes, {} underruns",
+            self.session.received_bytes(),
+            self.last_status.map_or(0, |s| s.underruns)
+        )
+    }
 }
 
 /// The engine's state: sessions and the backend that plays them.
@@ -211,6 +266,10 @@ pub struct Engine<B: AudioBackend> {
     events: Vec<(StreamId, StreamEvent)>,
     peer_logs: RateLimit,
     shutting_down: bool,
+    /// Set (by a SIGUSR1 handler) to ask for a statistics log.
+    stats_request: Option<Arc<AtomicBool>>,
+    /// Connections seen per uid, IP address or CID since the start.
+    connections: HashMap<IdentityKey, u64>,
 }
 
 impl<B: AudioBackend> Engine<B> {
@@ -224,6 +283,35 @@ impl<B: AudioBackend> Engine<B> {
             events: Vec::new(),
             peer_logs: RateLimit::new(20, Duration::from_secs(1)),
             shutting_down: false,
+            stats_request: None,
+            connections: HashMap::new(),
+        }
+    }
+
+    /// Logs the statistics table whenever `flag` is found set (and clears
+    /// it); `main` sets it from a SIGUSR1 handler.
+    #[must_use]
+    pub fn with_stats_request(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stats_request = Some(flag);
+        self
+    }
+
+    /// Every connected client's statistics, in id order.
+    pub fn stats(&self) -> Vec<ClientStats> {
+        let now = self.clock.now_usec();
+        let mut all: Vec<ClientStats> = self
+            .clients
+            .iter()
+            .map(|(&id, client)| client.stats(id, now))
+            .collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    /// Logs [`Engine::stats`] as a table, one line per client.
+    pub fn log_stats(&self) {
+        for line in stats::table(&self.stats()) {
+            log::info!("{line}");
         }
     }
 
@@ -243,6 +331,11 @@ impl<B: AudioBackend> Engine<B> {
             }
             self.backend_events();
             self.poll_sessions();
+            if let Some(flag) = &self.stats_request {
+                if flag.swap(false, Ordering::SeqCst) {
+                    self.log_stats();
+                }
+            }
             if self.shutting_down && self.clients.is_empty() {
                 break;
             }
@@ -270,17 +363,35 @@ impl<B: AudioBackend> Engine<B> {
                 let now = self.clock.now_usec();
                 let session = Session::new(now, timeout, &peer);
                 let admission = self.config.policy.admit(&identity);
+                let connections = {
+                    let seen = self.connections.entry(identity.key()).or_insert(0);
+                    *seen = seen.saturating_add(1);
+                    *seen
+                };
+                let nth = if connections > 1 {
+                    let from = match identity.key() {
+                        IdentityKey::Uid(uid) => format!("uid {uid}"),
+                        IdentityKey::Ip(ip) => ip.to_string(),
+                        IdentityKey::Cid(cid) => format!("cid {cid}"),
+                        IdentityKey::Unknown => "unknown peers".to_owned(),
+                    };
+                    format!(" (connection {connections} from {from})")
+                } else {
+                    String::new()
+                };
                 match &admission {
                     Admission::Allowed {
                         rule: Some(rule), ..
                     } => {
-                        log::info!("client {id} connected from {peer}, allowed by rule {rule:?}");
+                        log::info!(
+                            "client {id} connected from {peer}{nth}, allowed by rule {rule:?}"
+                        );
                     }
                     Admission::Allowed { rule: None, .. } => {
-                        log::info!("client {id} connected from {peer}, allowed by default");
+                        log::info!("client {id} connected from {peer}{nth}, allowed by default");
                     }
                     Admission::Denied { reason } => {
-                        log::info!("client {id} connected from {peer}, not allowed: {reason}");
+                        log::info!("client {id} connected from {peer}{nth}, not allowed: {reason}");
                     }
                 }
                 self.clients.insert(
@@ -293,6 +404,9 @@ impl<B: AudioBackend> Engine<B> {
                         outgoing: Some(outgoing),
                         last_heard_usec: now,
                         spec: None,
+                        connected_usec: now,
+                        last_status: None,
+                        connections,
                     },
                 );
             }
@@ -312,7 +426,11 @@ impl<B: AudioBackend> Engine<B> {
             }
             Command::Disconnected { id } => {
                 if let Some(client) = self.clients.remove(&id) {
-                    log::info!("client {id} ({}) disconnected", client.peer);
+                    log::info!(
+                        "client {id} ({}) disconnected {}",
+                        client.peer,
+                        client.summary(self.clock.now_usec())
+                    );
                     if client.session.has_stream() {
                         self.backend.close(id);
                     }
@@ -365,7 +483,12 @@ impl<B: AudioBackend> Engine<B> {
             }
             let event = if client.session.is_streaming() {
                 match self.backend.status(id) {
-                    Some(status) => Event::Status(status),
+                    Some(status) => {
+                        if let Some(client) = self.clients.get_mut(&id) {
+                            client.last_status = Some(status);
+                        }
+                        Event::Status(status)
+                    }
                     None => Event::Tick,
                 }
             } else {
@@ -502,6 +625,7 @@ impl<B: AudioBackend> Engine<B> {
             }
             Action::Close { reason, peer_fault } => {
                 let client = self.clients.remove(&id)?;
+                let summary = client.summary(self.clock.now_usec());
                 // Dropping the sender lets the writer send what is queued,
                 // then shut the socket down.
                 drop(client.outgoing);
@@ -514,7 +638,7 @@ impl<B: AudioBackend> Engine<B> {
                         );
                     }
                 } else {
-                    log::info!("client {id} ({}) closed: {reason}", client.peer);
+                    log::info!("client {id} ({}) closed: {reason}, {summary}", client.peer);
                 }
                 None
             }
@@ -533,7 +657,11 @@ impl<B: AudioBackend> Engine<B> {
             });
         }
         self.backend.close(id);
-        log::info!("client {id} ({}) closed: {reason}", client.peer);
+        log::info!(
+            "client {id} ({}) closed: {reason}, {}",
+            client.peer,
+            client.summary(self.clock.now_usec())
+        );
     }
 
     fn drop_client(&mut self, id: ClientId, reason: &str) {

@@ -32,6 +32,8 @@ pub mod policy;
 pub mod sandbox;
 /// The pure per-connection protocol state machine.
 pub mod session;
+/// Per-client statistics, logged on SIGUSR1.
+pub mod stats;
 /// The one module with `unsafe`: adopting systemd's sockets.
 #[allow(unsafe_code)]
 pub mod sys;

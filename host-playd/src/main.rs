@@ -11,12 +11,24 @@ use clap::Parser as _;
 use host_playd::daemon::sandbox_config;
 use host_playd::sandbox::{self, check};
 use host_playd::{Args, Daemon};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
 fn main() -> ExitCode {
     // Before anything else opens a descriptor: the sockets systemd passed.
     let inherited = host_playd::sys::take_listen_fds();
     let args = Args::parse();
+    if args.check_config {
+        return match args.check_config() {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("host-playd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     env_logger::Builder::new()
         .filter_level(args.log_level.into())
         .format_timestamp_millis()
@@ -45,7 +57,13 @@ fn run(args: &Args, inherited: Vec<std::os::fd::OwnedFd>) -> anyhow::Result<()> 
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .with_context(|| format!("cannot handle signal {signal}"))?;
     }
-    let daemon = Daemon::bind_with(config, inherited).context("cannot start host-playd")?;
+    // SIGUSR1 logs every client's statistics (see host_playd::stats).
+    let stats = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(SIGUSR1, Arc::clone(&stats))
+        .with_context(|| format!("cannot handle signal {SIGUSR1}"))?;
+    let daemon = Daemon::bind_with(config, inherited)
+        .context("cannot start host-playd")?
+        .with_stats_request(stats);
     log::info!(
         "host-playd {} starting on {}",
         env!("CARGO_PKG_VERSION"),

@@ -262,7 +262,7 @@ fn sink_properties_and_two_instances() {
         );
         assert_eq!(sink.owner_module, Some(*index), "{name}'s owner module");
         assert_eq!(
-            sink.property("device.icon_name").as_deref(),
+            sink.property("device.icon_name"),
             Some(format!("icon-of-{name}").as_str()),
             "{name}'s sink_properties were not applied"
         );
