@@ -33,24 +33,9 @@ for f in target/release/host-playd target/release/libmodule_secure_tunnel_sink.s
   [ -e "$f" ] || { echo "soak: $f missing; build with cargo build --release" >&2; exit 1; }
 done
 
-start_pulse() {
-  local dir="$1"; shift
-  mkdir -p "$dir/runtime" "$dir/state" "$dir/home"
-  HOME="$dir/home" XDG_RUNTIME_DIR="$dir/runtime" PULSE_RUNTIME_PATH="$dir/runtime" \
-  PULSE_STATE_PATH="$dir/state" PULSE_CONFIG_PATH="$dir/state" \
-    pulseaudio -n --daemonize=no --exit-idle-time=-1 --use-pid-file=no --disallow-exit \
-      --disable-shm=yes --log-target=stderr \
-      -L "module-native-protocol-unix socket=$dir/native auth-anonymous=1" "$@" \
-      2>"$dir/pulseaudio.log" &
-  pids+=("$!")
-  echo "$!" >"$dir/pid"
-  for _ in $(seq 100); do
-    pactl --server "unix:$dir/native" info >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "soak: PulseAudio in $dir did not start" >&2; tail -20 "$dir/pulseaudio.log" >&2
-  return 1
-}
+tag=soak
+# shellcheck source=lib/local-stack.sh
+. "$root/scripts/lib/local-stack.sh"
 
 # VmRSS and VmHWM of a pid, in KiB ("gone" when it has exited).
 mem() {
@@ -60,19 +45,8 @@ mem() {
 
 start_pulse "$work/host" \
   -L "module-null-sink sink_name=soak_host rate=48000 channels=2 format=s16le norewinds=1"
-target/release/host-playd --listen "unix:$work/playd.sock" \
-  --pulse-server "unix:$work/host/native" --sink soak_host --log-level info \
-  2>"$work/host-playd.log" &
-playd_pid=$!
-pids+=("$playd_pid")
-for _ in $(seq 100); do [ -S "$work/playd.sock" ] && break; sleep 0.1; done
-
-mods="$work/modules"
-mkdir -p "$mods"
-ln -s "$(pkg-config --variable=modlibexecdir libpulse)"/* "$mods/"
-ln -s "$root/target/release/libmodule_secure_tunnel_sink.so" "$mods/module-secure-tunnel-sink.so"
-start_pulse "$work/guest" --dl-search-path="$mods"
-guest="unix:$work/guest/native"
+start_playd --pulse-server "unix:$work/host/native" --sink soak_host --log-level info
+start_guest
 pactl --server "$guest" load-module module-secure-tunnel-sink \
   "server=unix:$work/playd.sock" sink_name=secure_tunnel latency_msec=60 \
   rate=48000 channels=2 format=s16le >/dev/null
