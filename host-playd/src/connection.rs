@@ -38,41 +38,24 @@ pub trait Conn: Read + Write + Send + 'static {
     fn set_write_timeout_conn(&self, timeout: Duration) -> io::Result<()>;
 }
 
-impl Conn for UnixStream {
-    fn try_clone_conn(&self) -> io::Result<Box<dyn Conn>> {
-        Ok(Box::new(self.try_clone()?))
-    }
-    fn shutdown_both(&self) {
-        let _ = self.shutdown(Shutdown::Both);
-    }
-    fn set_write_timeout_conn(&self, timeout: Duration) -> io::Result<()> {
-        self.set_write_timeout(Some(timeout))
-    }
+/// The same three methods for every socket type std or vsock provides.
+macro_rules! impl_conn {
+    ($($ty:ty),+) => {$(
+        impl Conn for $ty {
+            fn try_clone_conn(&self) -> io::Result<Box<dyn Conn>> {
+                Ok(Box::new(self.try_clone()?))
+            }
+            fn shutdown_both(&self) {
+                let _ = self.shutdown(Shutdown::Both);
+            }
+            fn set_write_timeout_conn(&self, timeout: Duration) -> io::Result<()> {
+                self.set_write_timeout(Some(timeout))
+            }
+        }
+    )+};
 }
 
-impl Conn for TcpStream {
-    fn try_clone_conn(&self) -> io::Result<Box<dyn Conn>> {
-        Ok(Box::new(self.try_clone()?))
-    }
-    fn shutdown_both(&self) {
-        let _ = self.shutdown(Shutdown::Both);
-    }
-    fn set_write_timeout_conn(&self, timeout: Duration) -> io::Result<()> {
-        self.set_write_timeout(Some(timeout))
-    }
-}
-
-impl Conn for VsockStream {
-    fn try_clone_conn(&self) -> io::Result<Box<dyn Conn>> {
-        Ok(Box::new(self.try_clone()?))
-    }
-    fn shutdown_both(&self) {
-        let _ = self.shutdown(Shutdown::Both);
-    }
-    fn set_write_timeout_conn(&self, timeout: Duration) -> io::Result<()> {
-        self.set_write_timeout(Some(timeout))
-    }
-}
+impl_conn!(UnixStream, TcpStream, VsockStream);
 
 /// Counts live connection threads; decrements when dropped.
 #[derive(Debug)]

@@ -130,9 +130,7 @@ impl HostPlayd {
 
     /// The whole log so far.
     pub fn log(&self) -> String {
-        std::fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_else(|e| format!("<cannot read {}: {e}>", self.log.display()))
+        crate::pulse::read_log(&self.log)
     }
 
     /// The last lines of the log.

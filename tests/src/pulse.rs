@@ -233,9 +233,7 @@ impl PulseDaemon {
 
     /// The whole log so far.
     pub fn log(&self) -> String {
-        std::fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_else(|e| format!("<cannot read {}: {e}>", self.log.display()))
+        read_log(&self.log)
     }
 
     /// The last lines of the log, headed with the daemon's name.
@@ -249,6 +247,13 @@ impl PulseDaemon {
 }
 
 /// `label`'s last `n` lines, framed for a test failure message.
+/// A daemon's log file as text; a note in its place if it cannot be read.
+pub(crate) fn read_log(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()))
+}
+
 pub(crate) fn tail(label: &str, text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(n);
