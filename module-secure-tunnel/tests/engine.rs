@@ -13,7 +13,7 @@ use module_secure_tunnel_sink::config::{RawArgs, TunnelConfig};
 use module_secure_tunnel_sink::engine::{Engine, Event};
 use module_secure_tunnel_sink::session::Activity;
 use secure_tunnel_protocol::{
-    read_frame, write_frame, Accept, ClockReport, GuestMessage, HostMessage, SampleFormat,
+    read_frame, write_frame, Accept, ClockReport, GuestMessage, Hello, HostMessage, SampleFormat,
     StreamSpec, PROTOCOL_VERSION,
 };
 
@@ -41,6 +41,25 @@ fn engine_for(path: &std::path::Path) -> Engine {
     })
     .unwrap();
     Engine::new(config, spec())
+}
+
+/// The fake host's side of a handshake: accepts one guest, reads its Hello
+/// and answers Accept.
+fn accept_guest(listener: &UnixListener) -> (UnixStream, Hello) {
+    let (mut sock, _) = listener.accept().unwrap();
+    let GuestMessage::Hello(hello) = read_frame::<GuestMessage, _>(&mut sock).unwrap() else {
+        panic!("first message must be Hello");
+    };
+    write_frame(
+        &mut sock,
+        &HostMessage::Accept(Accept {
+            version: PROTOCOL_VERSION,
+            buffer_bytes: 11_520,
+            host_time_usec: 0,
+        }),
+    )
+    .unwrap();
+    (sock, hello)
 }
 
 /// Polls the engine (with the real clock for the connection helper thread)
@@ -85,21 +104,9 @@ fn connected_it_renders_only_granted_bytes_and_reports_host_latency() {
     engine.set_activity(Activity::Running, 0);
 
     let fake_host = std::thread::spawn(move || {
-        let (mut sock, _) = listener.accept().unwrap();
-        let GuestMessage::Hello(hello) = read_frame::<GuestMessage, _>(&mut sock).unwrap() else {
-            panic!("first message must be Hello");
-        };
+        let (mut sock, hello) = accept_guest(&listener);
         assert_eq!(hello.spec, spec());
         assert_eq!(hello.target_latency_usec, 60_000);
-        write_frame(
-            &mut sock,
-            &HostMessage::Accept(Accept {
-                version: PROTOCOL_VERSION,
-                buffer_bytes: 11_520,
-                host_time_usec: 0,
-            }),
-        )
-        .unwrap();
         write_frame(&mut sock, &HostMessage::Credit { limit_bytes: 9_600 }).unwrap();
         sock.flush().unwrap();
         sock
@@ -167,17 +174,7 @@ fn a_host_that_goes_away_puts_the_sink_back_on_its_own_clock() {
     let mut engine = engine_for(&path);
     engine.set_activity(Activity::Running, 0);
     let fake_host = std::thread::spawn(move || {
-        let (mut sock, _) = listener.accept().unwrap();
-        let _hello = read_frame::<GuestMessage, _>(&mut sock).unwrap();
-        write_frame(
-            &mut sock,
-            &HostMessage::Accept(Accept {
-                version: PROTOCOL_VERSION,
-                buffer_bytes: 11_520,
-                host_time_usec: 0,
-            }),
-        )
-        .unwrap();
+        let (mut sock, _) = accept_guest(&listener);
         write_frame(
             &mut sock,
             &HostMessage::Goodbye {
