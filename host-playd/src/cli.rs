@@ -105,6 +105,19 @@ pub struct Args {
     #[arg(long)]
     pub check_config: bool,
 
+    /// Niceness of every host-playd thread, set at start-up before any
+    /// thread exists (PulseAudio's own daemon runs at -11). Raising it above
+    /// the inherited value needs CAP_SYS_NICE (root) or RLIMIT_NICE; when
+    /// refused, host-playd logs it and runs as it is. No real-time class:
+    /// these threads read untrusted guest input [default: -11].
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i32).range(-20..=19)
+    )]
+    pub nice: Option<i32>,
+
     /// Log verbosity (logs go to stderr).
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -403,8 +416,11 @@ mod tests {
             "700",
             "--log-level",
             "debug",
+            "--nice",
+            "-5",
         ])
         .unwrap();
+        assert_eq!(args.nice, Some(-5));
         let config = args.to_config().unwrap();
         assert_eq!(config.listen.len(), 3);
         assert_eq!(config.backend, BackendChoice::Null { skew_ppm: -250 });
@@ -486,6 +502,8 @@ mod tests {
         assert!(parse(&["--listen", "unix:/a", "--max-clients", "0"]).is_err());
         assert!(parse(&["--listen", "unix:/a", "--backend", "alsa"]).is_err());
         assert!(parse(&["--listen", "unix:/a", "--log-level", "loud"]).is_err());
+        assert!(parse(&["--listen", "unix:/a", "--nice", "20"]).is_err());
+        assert!(parse(&["--listen", "unix:/a", "--nice", "-21"]).is_err());
         let skew = parse(&["--listen", "unix:/a", "--null-skew-ppm", "5"]).unwrap();
         assert_eq!(skew.to_config().err(), Some(ArgsError::SkewWithoutNull));
         let sink = parse(&["--listen", "unix:/a", "--backend", "null", "--sink", "x"]).unwrap();

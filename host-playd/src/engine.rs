@@ -485,7 +485,11 @@ impl<B: AudioBackend> Engine<B> {
                 match self.backend.status(id) {
                     Some(status) => {
                         if let Some(client) = self.clients.get_mut(&id) {
+                            let before = client.last_status.map_or(0, |s| s.underruns);
                             client.last_status = Some(status);
+                            if status.underruns > before {
+                                self.log_underrun(id, before, status.underruns);
+                            }
                         }
                         Event::Status(status)
                     }
@@ -496,6 +500,25 @@ impl<B: AudioBackend> Engine<B> {
             };
             let now = self.clock.now_usec();
             self.dispatch(id, now, event);
+        }
+    }
+
+    /// The host stream of client `id` ran dry (`before` → `total` times).
+    /// A gap while playing, or the end of the tail a guest drains before it
+    /// corks (which is why this is not a warning). Rate-limited like every
+    /// per-peer log.
+    fn log_underrun(&mut self, id: ClientId, before: u32, total: u32) {
+        if let Some(suppressed) = self.peer_logs.check(Instant::now()) {
+            let peer = self.clients.get(&id).map_or("?", |c| c.peer.as_str());
+            log::info!(
+                "client {id} ({peer}): the host stream ran dry {} time(s), {total} in all{}",
+                total - before,
+                if suppressed > 0 {
+                    format!(" ({suppressed} other messages suppressed)")
+                } else {
+                    String::new()
+                }
+            );
         }
     }
 

@@ -50,8 +50,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--nice` when not given: PulseAudio's own daemon runs at -11, and the
+/// guest's audio must be scheduled ahead of ordinary host work.
+const DEFAULT_NICE: i32 = -11;
+
 fn run(args: &Args, inherited: Vec<std::os::fd::OwnedFd>) -> anyhow::Result<()> {
     let config = args.to_config().context("invalid options")?;
+    // Before any thread exists: every thread inherits it.
+    set_priority(args.nice.unwrap_or(DEFAULT_NICE));
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
@@ -110,5 +116,21 @@ fn check_sandbox(args: &Args) -> anyhow::Result<ExitCode> {
     } else {
         println!("result: {allowed} of {} probes NOT denied", probes.len());
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Applies `--nice`; a refusal (no CAP_SYS_NICE, e.g. a user service) is
+/// logged and the daemon runs at the niceness it inherited.
+fn set_priority(nice: i32) {
+    let current = host_playd::sys::nice().unwrap_or(0);
+    if current == nice {
+        return;
+    }
+    match host_playd::sys::set_nice(nice) {
+        Ok(()) => log::debug!("running at nice {nice}"),
+        Err(e) => log::info!(
+            "running at nice {current}: nice {nice} was refused ({e}); it needs \
+             CAP_SYS_NICE or a higher RLIMIT_NICE (systemd: LimitNICE=)"
+        ),
     }
 }

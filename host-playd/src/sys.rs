@@ -1,10 +1,12 @@
 //! The only `unsafe` in host-playd: taking ownership of the listening
-//! sockets systemd passes by number (`LISTEN_FDS`, `sd_listen_fds(3)`).
-//! Turning a descriptor number into an `OwnedFd` is inherently unsafe in
-//! Rust (nothing else may own or close it); this module is where that
-//! promise is made and checked, so every other module can stay
+//! sockets systemd passes by number (`LISTEN_FDS`, `sd_listen_fds(3)`), and
+//! the one libc call no safe crate wraps (`setpriority`). Turning a
+//! descriptor number into an `OwnedFd` is inherently unsafe in Rust
+//! (nothing else may own or close it); this module is where that promise is
+//! made and checked, so every other module can stay
 //! `#![forbid(unsafe_code)]`.
 
+use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -70,4 +72,55 @@ pub fn take_listen_fds() -> Result<Vec<OwnedFd>, String> {
         owned.push(unsafe { OwnedFd::from_raw_fd(fd) });
     }
     Ok(owned)
+}
+
+/// Sets the calling thread's niceness; threads it starts afterwards inherit
+/// it (on Linux the value is per thread, so call this before any thread is
+/// started to cover the whole daemon).
+pub fn set_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: setpriority takes plain integers and touches no memory of
+    // ours; `who` = 0 names the calling thread. Failure is reported through
+    // the return value and errno, read right after.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The calling thread's niceness.
+pub fn nice() -> io::Result<i32> {
+    // getpriority may legitimately return -1: errno tells an error apart.
+    // SAFETY: `__errno_location` returns this thread's errno slot, valid for
+    // the thread's life; getpriority takes plain integers.
+    let value = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, 0)
+    };
+    let err = io::Error::last_os_error();
+    if value == -1 && err.raw_os_error() != Some(0) {
+        Err(err)
+    } else {
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nice_round_trips_on_a_scratch_thread() {
+        // A thread of its own: raising niceness is never refused, and this
+        // leaves the test runner's other threads alone.
+        std::thread::spawn(|| {
+            let start = nice().expect("getpriority");
+            let lower = (start + 3).min(19);
+            set_nice(lower).expect("lowering priority is always allowed");
+            assert_eq!(nice().expect("getpriority"), lower);
+        })
+        .join()
+        .expect("the scratch thread");
+    }
 }
