@@ -6,6 +6,7 @@
 #    libpulse, through a private apt configuration with a deb-src line (the
 #    system's own sources are not touched), and unpacks it into a cache
 #    directory so that build.rs can run bindgen over the pulsecore headers.
+# 3. installs cargo-fuzz (for scripts/fuzz-smoke.sh) if `cargo fuzz` is missing.
 #
 # Environment:
 #   SECURE_TUNNEL_CACHE  cache directory (default: $XDG_CACHE_HOME/secure-tunnel
@@ -17,7 +18,7 @@ cache="${SECURE_TUNNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secure-tunnel}"
 packages=(
   pulseaudio pulseaudio-utils libpulse-dev libltdl-dev
   clang libclang-dev pkg-config dpkg-dev xz-utils ca-certificates
-  sox iproute2 procps systemd
+  sox iproute2 procps systemd valgrind
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -109,8 +110,20 @@ write_config_h() {
 CONF
 }
 
+# cargo-fuzz builds its targets with the C++ compiler the clang package
+# provides (libFuzzer is C++); no nightly toolchain, see docs/robustness.md.
+install_cargo_fuzz() {
+  if cargo fuzz --version >/dev/null 2>&1; then
+    log "cargo-fuzz already installed"
+    return
+  fi
+  log "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --quiet
+}
+
 install_packages
 fetch_source
+install_cargo_fuzz
 mkdir -p "$cache"
 ln -sfn "pulseaudio-$(pkg-config --modversion libpulse)" "$cache/pulseaudio"
 log "done (headers: $cache/pulseaudio/src)"

@@ -10,6 +10,7 @@ scripts/setup.sh
 cargo build --release --workspace
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+scripts/fuzz-smoke.sh   # each fuzz target for FUZZ_SMOKE_SECONDS (20) on a copy of its corpus
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -13,9 +13,9 @@
 //!   and frames; what decodes must validate and re-encode to the same bytes;
 //! - [`host_session`]: host-playd's per-connection state machine driven by an
 //!   arbitrary sequence of guest messages, backend events and clock steps;
-//! - [`module_engine`]: the guest module's IO-thread engine connected to a
-//!   fake host (a real unix socket) that sends it arbitrary bytes and
-//!   messages while time and rendering advance arbitrarily.
+//! - [`module_engine`]: the guest module's IO-thread engine attached to a
+//!   fake host (the other end of a unix socket pair) that sends it arbitrary
+//!   bytes and messages while time and rendering advance arbitrarily.
 
 use std::io::{Cursor, Read, Write};
 
@@ -429,33 +429,17 @@ fn drive_session(u: &mut Unstructured<'_>) -> ArbResult<()> {
 // module engine
 
 mod module {
+    use std::cell::RefCell;
     use std::os::unix::net::{UnixListener, UnixStream};
-    use std::path::PathBuf;
-    use std::sync::OnceLock;
+    use std::sync::Once;
     use std::time::{Duration, Instant};
 
     use module_secure_tunnel_sink::config::{RawArgs, TunnelConfig};
     use module_secure_tunnel_sink::engine::Engine;
     use module_secure_tunnel_sink::session::Activity;
+    use module_secure_tunnel_sink::transport::Connection;
 
     use super::*;
-
-    struct FakeHost {
-        listener: UnixListener,
-        path: PathBuf,
-    }
-
-    fn fake_host() -> &'static FakeHost {
-        static HOST: OnceLock<FakeHost> = OnceLock::new();
-        HOST.get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!("st-fuzz-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).expect("creating the fake host's directory");
-            let path = dir.join("host.sock");
-            let listener = UnixListener::bind(&path).expect("binding the fake host");
-            FakeHost { listener, path }
-        })
-    }
 
     fn spec() -> StreamSpec {
         StreamSpec {
@@ -463,6 +447,65 @@ mod module {
             rate: 48_000,
             channel_map: vec![1, 2],
         }
+    }
+
+    fn engine_for(server: &str) -> Engine {
+        let config = TunnelConfig::from_args(RawArgs {
+            server: Some(server),
+            reconnect_interval_msec: Some("100"),
+            ..RawArgs::default()
+        })
+        .expect("a valid module configuration");
+        Engine::new(config, spec())
+    }
+
+    fn accept_frame() -> Vec<u8> {
+        let mut accept = Vec::new();
+        encode_frame(&HostMessage::Accept(accept_msg()), &mut accept).expect("encoding Accept");
+        accept
+    }
+
+    fn accept_msg() -> Accept {
+        Accept {
+            version: PROTOCOL_VERSION,
+            buffer_bytes: 11_520,
+            host_time_usec: 5_000_000,
+        }
+    }
+
+    /// Once per process, the real way in: a listener, the engine's own
+    /// connection attempt (helper thread, blocking handshake) and its Hello,
+    /// which must validate. The Hello does not depend on the input, so the
+    /// inputs themselves skip this and are handed a connected socket pair.
+    fn check_real_handshake() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            let dir = std::env::temp_dir().join(format!("st-fuzz-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("creating the fake host's directory");
+            let path = dir.join("host.sock");
+            let listener = UnixListener::bind(&path).expect("binding the fake host");
+            let mut engine = engine_for(&format!("unix:{}", path.display()));
+            let now = 1_000_000;
+            engine.set_activity(Activity::Running, now);
+            engine.poll_io(now);
+            let (mut sock, _) = listener.accept().expect("accepting the engine");
+            sock.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("setting a timeout");
+            match read_frame::<GuestMessage, _>(&mut sock) {
+                Ok(GuestMessage::Hello(h)) => h.validate().expect("the module's Hello validates"),
+                other => panic!("the module opened with {other:?}"),
+            }
+            sock.write_all(&accept_frame()).expect("sending Accept");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !engine.is_connected() {
+                assert!(Instant::now() < deadline, "the engine did not connect");
+                engine.poll_io(now);
+                std::thread::yield_now();
+            }
+            engine.shutdown("handshake checked");
+            let _ = std::fs::remove_dir_all(&dir);
+        });
     }
 
     /// One step of the fake host or of the clock.
@@ -521,49 +564,28 @@ mod module {
         Ok(Some(frame))
     }
 
-    /// Connects a fresh [`Engine`] to the fake host, then lets the host send
+    /// Hands a fresh [`Engine`] one end of a connected socket pair, as if
+    /// its handshake had just succeeded ([`Engine::attach`]: no listener, no
+    /// helper thread), then lets the fake host on the other end send
     /// arbitrary bytes and messages while the guest clock, rendering and the
     /// sink state change arbitrarily. Checks that the engine never sends a
-    /// malformed frame, never exceeds the credit the host granted, and never
-    /// reports a negative latency.
+    /// malformed frame or a second Hello, never exceeds the credit the host
+    /// granted, and never reports a negative latency or a past wake-up.
     pub fn module_engine(data: &[u8]) {
-        let host = fake_host();
-        let server = format!("unix:{}", host.path.display());
-        let config = TunnelConfig::from_args(RawArgs {
-            server: Some(&server),
-            reconnect_interval_msec: Some("100"),
-            ..RawArgs::default()
-        })
-        .expect("a valid module configuration");
-        let mut engine = Engine::new(config, spec());
+        check_real_handshake();
+        // Never reached: the input ends when the link drops, before the
+        // engine would try to reconnect.
+        let mut engine = engine_for("unix:/nonexistent/secure-tunnel-fuzz.sock");
         let mut now: u64 = 1_000_000;
         engine.set_activity(Activity::Running, now);
-        engine.poll_io(now);
-        let (mut sock, _) = host.listener.accept().expect("accepting the engine");
-        sock.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("setting a timeout");
-        match read_frame::<GuestMessage, _>(&mut sock) {
-            Ok(GuestMessage::Hello(h)) => h.validate().expect("the module's Hello validates"),
-            other => panic!("the module opened with {other:?}"),
-        }
-        let mut accept = Vec::new();
-        encode_frame(
-            &HostMessage::Accept(Accept {
-                version: PROTOCOL_VERSION,
-                buffer_bytes: 11_520,
-                host_time_usec: 5_000_000,
-            }),
-            &mut accept,
-        )
-        .expect("encoding Accept");
-        sock.write_all(&accept).expect("sending Accept");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !engine.is_connected() {
-            assert!(Instant::now() < deadline, "the engine did not connect");
-            engine.poll_io(now);
-            std::thread::yield_now();
-        }
+        let (guest, mut sock) = UnixStream::pair().expect("a socket pair");
         sock.set_nonblocking(true).expect("non-blocking fake host");
+        let conn = Connection::from_unix_stream(guest).expect("a non-blocking guest end");
+        engine.attach(conn, accept_msg(), now);
+        assert!(
+            engine.is_connected(),
+            "the engine dropped a fresh connection"
+        );
 
         let mut u = Unstructured::new(data);
         let mut mirror = Mirror::default();
@@ -604,11 +626,18 @@ mod module {
         }
 
         fn drain_guest(&mut self, sock: &mut UnixStream) {
-            let mut buf = [0u8; 64 * 1024];
+            thread_local! {
+                // Allocated (and zeroed) once, not per input.
+                static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 * 1024]);
+            }
             loop {
-                match sock.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => self.guest_stream.feed(&buf[..n]),
+                let read = BUF.with_borrow_mut(|buf| {
+                    let n = sock.read(buf).unwrap_or(0);
+                    self.guest_stream.feed(&buf[..n]);
+                    n
+                });
+                if read == 0 {
+                    break;
                 }
                 while let Some(msg) = self
                     .guest_stream
@@ -634,6 +663,19 @@ mod module {
         }
     }
 
+    /// The engine renders at most this much per wake-up (its
+    /// `MAX_RENDER_PER_WAKE`); a larger budget fails the input.
+    const MAX_RENDER: usize = 4 * MAX_AUDIO_CHUNK;
+    /// The most audio one input renders: one whole chunk and a bit, so a
+    /// render can still span two chunks. Beyond it the sink renders nothing
+    /// more (as when `pa_sink_render` returns no data) while the input goes
+    /// on. Without the bound a hostile credit of up to 4 GiB had the engine
+    /// send, and the fake host decode, up to 25 MB per input; even two whole
+    /// chunks cost half as much again per input (the buffers then outgrow
+    /// what the allocator keeps between inputs).
+    const RENDER_PER_INPUT: usize = MAX_AUDIO_CHUNK + 4096;
+    static ZEROS: [u8; RENDER_PER_INPUT] = [0; RENDER_PER_INPUT];
+
     fn drive_engine(
         u: &mut Unstructured<'_>,
         engine: &mut Engine,
@@ -642,6 +684,7 @@ mod module {
         mirror: &mut Mirror,
     ) -> ArbResult<()> {
         let mut host_now = 5_000_000;
+        let mut rendered = 0;
         for _ in 0..u.int_in_range(1..=100)? {
             if u.is_empty() || !engine.is_connected() {
                 break;
@@ -675,14 +718,25 @@ mod module {
             }
             engine.poll_io(*now);
             let budget = engine.render_budget(*now);
-            if budget > 0 {
-                engine.consume(&vec![0u8; budget], *now);
+            assert!(
+                budget <= MAX_RENDER,
+                "render budget {budget} above the per-wake maximum"
+            );
+            let n = budget.min(RENDER_PER_INPUT - rendered);
+            if n > 0 {
+                engine.consume(&ZEROS[..n], *now);
+                rendered += n;
             }
             engine.flush(*now);
             let latency = engine.latency_usec(*now);
             assert!(latency >= 0, "negative latency {latency}");
             assert!(engine.next_wakeup(*now) >= *now, "wake-up in the past");
-            mirror.drain_guest(sock);
+            // The fake host reads when the engine has to wait for it (its
+            // socket buffer is full) and once at the end: one system call
+            // per step fewer than reading after every step.
+            if engine.poll_interest().is_some_and(|(_, write)| write) {
+                mirror.drain_guest(sock);
+            }
         }
         Ok(())
     }

@@ -281,6 +281,15 @@ impl Engine {
         }
     }
 
+    /// Takes a connection whose handshake the caller already did (see
+    /// [`Connection::from_unix_stream`]), exactly as if a connection attempt
+    /// had just succeeded with `accept`. For the fuzz harness and tests: no
+    /// helper thread, no listener. The module never calls it.
+    #[doc(hidden)]
+    pub fn attach(&mut self, conn: Connection, accept: Accept, now: u64) {
+        self.connected(conn, accept, now);
+    }
+
     fn connect_failed(&mut self, error: String, now: u64) {
         if self.last_connect_error.as_deref() != Some(&error) {
             self.events.push(Event::ConnectFailed(error.clone()));

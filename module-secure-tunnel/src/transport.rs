@@ -214,6 +214,16 @@ impl Connection {
         }
     }
 
+    /// A unix socket whose handshake is already done (by the caller), made
+    /// non-blocking. For the fuzz harness and tests, which play the host on
+    /// the other end of a socket pair; the module itself always connects
+    /// through [`PendingConnect`].
+    #[doc(hidden)]
+    pub fn from_unix_stream(sock: UnixStream) -> io::Result<Self> {
+        sock.set_nonblocking(true)?;
+        Ok(Self::new(Socket::Unix(sock)))
+    }
+
     pub fn fd(&self) -> RawFd {
         self.sock.as_raw_fd()
     }
