@@ -18,11 +18,12 @@ use secure_tunnel_bench::{
 };
 use secure_tunnel_e2e::{find_sink, GUEST_SINK, HOST_SINK, MODULE_NAME};
 
-const USAGE: &str = "bench-stability [--minutes M] [--hogs N]
+const USAGE: &str = "bench-stability [--minutes M] [--hogs N] [--phases idle,loaded]
 
 Runs module-secure-tunnel-sink for M minutes (default 10) per phase: latency_msec=20
-on an idle machine, then latency_msec=40 with N busy loops (default 2, one per core).
-Also BENCH_MINUTES, BENCH_HOGS.";
+on an idle machine (idle), then latency_msec=40 with N busy loops (default 2, one per
+core; loaded). --phases picks which (default both). Also BENCH_MINUTES, BENCH_HOGS,
+BENCH_PHASES.";
 
 /// The guest sink property our module may publish its underrun count in.
 const UNDERRUN_PROPERTY: &str = "secure_tunnel.underruns";
@@ -36,16 +37,21 @@ fn main() -> Result<()> {
     let opts = Opts::from_args(USAGE)?;
     let minutes = opts.f64("minutes", 10.0)?;
     let hogs = opts.f64("hogs", 2.0)? as usize;
-    let phases = [
-        Phase {
-            target_ms: 20,
-            hogs: 0,
-        },
-        Phase {
-            target_ms: 40,
-            hogs,
-        },
-    ];
+    let wanted = opts.text("phases", "idle,loaded");
+    let mut phases = Vec::new();
+    for name in wanted.split(',').map(str::trim) {
+        match name {
+            "idle" => phases.push(Phase {
+                target_ms: 20,
+                hogs: 0,
+            }),
+            "loaded" => phases.push(Phase {
+                target_ms: 40,
+                hogs,
+            }),
+            other => anyhow::bail!("unknown phase {other:?} (idle, loaded)\n{USAGE}"),
+        }
+    }
     println!(
         "stability: {minutes} min per phase; player tlength 10 ms with impulses every 300 ms; \
          load average at start: {}",
