@@ -206,7 +206,7 @@ impl Engine {
         };
         let (conn, session) = &mut **up;
         for chunk in data.chunks(MAX_AUDIO_CHUNK) {
-            if let Err(e) = conn.queue(&GuestMessage::Audio(chunk.to_vec())) {
+            if let Err(e) = conn.queue_audio(chunk) {
                 self.drop_link(format!("cannot queue audio: {e}"), now);
                 return;
             }

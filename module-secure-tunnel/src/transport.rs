@@ -11,8 +11,8 @@ use std::thread;
 use std::time::Duration;
 
 use secure_tunnel_protocol::{
-    encode_frame, read_frame, write_frame, Accept, FrameReader, GuestMessage, Hello, HostMessage,
-    ProtocolError, PROTOCOL_VERSION,
+    encode_audio_frame, encode_frame, read_frame, write_frame, Accept, FrameReader, GuestMessage,
+    Hello, HostMessage, ProtocolError, PROTOCOL_VERSION,
 };
 use thiserror::Error;
 
@@ -231,6 +231,14 @@ impl Connection {
     /// Queues a message; [`Connection::flush`] sends it.
     pub fn queue(&mut self, msg: &GuestMessage) -> Result<(), TransportError> {
         encode_frame(msg, &mut self.out)?;
+        Ok(())
+    }
+
+    /// Queues one audio chunk (whole frames, at most `MAX_AUDIO_CHUNK`
+    /// bytes) without copying it into a message first: no allocation on the
+    /// IO thread once the send buffer has grown to its working size.
+    pub fn queue_audio(&mut self, pcm: &[u8]) -> Result<(), TransportError> {
+        encode_audio_frame(pcm, &mut self.out)?;
         Ok(())
     }
 

@@ -14,7 +14,9 @@ mod error;
 mod messages;
 mod spec;
 
-pub use codec::{encode_frame, read_frame, write_frame, FrameReader, WireMessage};
+pub use codec::{
+    encode_audio_frame, encode_frame, read_frame, write_frame, FrameReader, WireMessage,
+};
 pub use error::ProtocolError;
 pub use messages::{Accept, ClockReport, GuestMessage, Hello, HostMessage, RejectReason};
 pub use spec::{
