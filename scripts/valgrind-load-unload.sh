@@ -107,12 +107,8 @@ if [ -n "${REACHABLE:-}" ]; then vg_opts+=(--show-leak-kinds=all); fi
 vg_opts+=(${VG_EXTRA:-})
 
 # PulseAudio's module directory plus ours (pactl load-module refuses names
-# with a '/', so the module is found through --dl-search-path, as in
-# local-stack.sh).
-mods="$work/modules"
-mkdir -p "$mods"
-ln -s "$(pkg-config --variable=modlibexecdir libpulse)"/* "$mods/"
-ln -sf "$root/target/release/libmodule_secure_tunnel_sink.so" "$mods/module-secure-tunnel-sink.so"
+# with a '/'): local-stack.sh's make_module_dir sets mods.
+make_module_dir
 
 # 0.2 s of s16le stereo 48 kHz noise.
 burst="$work/burst.raw"
@@ -125,15 +121,13 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", b - a}'; }
 # Starts the guest PulseAudio in $1 under memcheck. Sets guest_pid, gserver.
 start_guest_valgrind() {
   local dir="$1"
-  mkdir -p "$dir/runtime" "$dir/state" "$dir/home"
+  set_pulse_env "$dir"
+  set_pulse_opts "$dir"
   # VALGRIND=1: PulseAudio frees its per-thread caches at exit (pa_in_valgrind).
   # LD_BIND_NOW=1: otherwise it re-executes itself, leaving valgrind behind.
-  HOME="$dir/home" XDG_RUNTIME_DIR="$dir/runtime" PULSE_RUNTIME_PATH="$dir/runtime" \
-  PULSE_STATE_PATH="$dir/state" PULSE_CONFIG_PATH="$dir/state" VALGRIND=1 LD_BIND_NOW=1 \
+  env "${pulse_env[@]}" VALGRIND=1 LD_BIND_NOW=1 \
     valgrind "${vg_opts[@]}" --log-file="$dir/valgrind.log" \
-      pulseaudio -n --daemonize=no --realtime=no --high-priority=no --exit-idle-time=-1 \
-        --use-pid-file=no --disable-shm=yes --log-target=stderr --dl-search-path="$mods" \
-        -L "module-native-protocol-unix socket=$dir/native auth-anonymous=1" \
+      pulseaudio "${pulse_opts[@]}" --realtime=no --high-priority=no --dl-search-path="$mods" \
       2>"$dir/pulseaudio.log" &
   guest_pid=$!
   gserver="unix:$dir/native"
