@@ -140,11 +140,13 @@ enum QuickClose {
     HelloAudioClose,
     /// Wait for Accept, close.
     AfterAccept,
+    /// Wait for Accept, send half an audio frame, close.
+    MidAudio,
     /// Half a Hello, close.
     PartialHello,
 }
 
-const QUICK_CLOSES: [QuickClose; 8] = [
+const QUICK_CLOSES: [QuickClose; 9] = [
     QuickClose::HelloGoodbye,
     QuickClose::HelloClose,
     QuickClose::HelloGarbage,
@@ -152,6 +154,7 @@ const QUICK_CLOSES: [QuickClose; 8] = [
     QuickClose::HelloControlsClose,
     QuickClose::HelloAudioClose,
     QuickClose::AfterAccept,
+    QuickClose::MidAudio,
     QuickClose::PartialHello,
 ];
 
@@ -192,6 +195,13 @@ fn quick_close(target: &Target, how: QuickClose) -> bool {
             let _ = c.handshake(&h, Duration::from_secs(2));
             Ok(())
         }
+        QuickClose::MidAudio => {
+            if let Handshake::Accepted { credit, .. } = c.handshake(&h, Duration::from_secs(2)) {
+                let b = frames(&[within(credit)]);
+                let _ = c.send_raw(&b[..b.len() / 2]);
+            }
+            Ok(())
+        }
         QuickClose::PartialHello => {
             let b = frames(&[h]);
             c.send_raw(&b[..b.len() / 2])
@@ -201,6 +211,7 @@ fn quick_close(target: &Target, how: QuickClose) -> bool {
 }
 
 #[test]
+#[ignore = "issue 10: host streams closed during creation are not yet released"]
 fn quick_closes_leave_no_host_stream_behind() {
     let _serial = serial();
     let host = Host::start_config(&["--max-clients", "32"], Some(ROOMY));
@@ -358,6 +369,7 @@ fn flood(target: &Target, kind: Flood, until: Instant) -> FloodOutcome {
 }
 
 #[test]
+#[ignore = "issue 10: per-guest budgets for control messages not yet in place"]
 fn control_floods_do_not_disturb_a_neighbour() {
     let _serial = serial();
     let mut host = Host::start_config(&["--max-clients", "32"], Some(ROOMY));
@@ -474,6 +486,7 @@ fn hold_peers(target: &Target, n: usize, secs: u32, uid: Option<u32>) -> Child {
 }
 
 #[test]
+#[ignore = "issue 10: denied peers are not yet refused at accept"]
 fn denied_peers_cannot_lock_out_a_guest() {
     let _serial = serial();
     if !is_root() {
@@ -543,6 +556,7 @@ fn is_root() -> bool {
 }
 
 #[test]
+#[ignore = "issue 10: the minimum-latency policy floor is not yet in place"]
 fn a_tiny_latency_request_leaves_the_host_sink_at_the_floor() {
     let _serial = serial();
     let host = Host::start(&[]);
@@ -609,6 +623,7 @@ fn within(credit: u64) -> GuestMessage {
 }
 
 #[test]
+#[ignore = "issue 10: guest text is not yet sanitised"]
 fn hostile_text_never_reaches_the_log_or_the_mixer_raw() {
     let _serial = serial();
     let host = Host::start_config(&["--log-level", "debug"], Some(ROOMY));
@@ -676,6 +691,7 @@ fn hostile_text_never_reaches_the_log_or_the_mixer_raw() {
 }
 
 #[test]
+#[ignore = "issue 10: host-playd still runs threads per guest"]
 fn threads_do_not_grow_with_guests() {
     let _serial = serial();
     let host = Host::start_config(&["--max-clients", "32"], Some(ROOMY));
@@ -741,6 +757,7 @@ fn answer_to(target: &Target, bytes: &[u8]) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "issue 10: reject texts still name the PulseAudio socket path"]
 fn reject_texts_name_no_host_paths() {
     let _serial = serial();
     let host = Host::start_config(
