@@ -88,18 +88,31 @@ impl Fleet {
         n
     }
 
-    /// Stops the players and unloads the sinks.
-    pub fn stop(mut self, world: &World) -> Result<()> {
+    /// Stops the players and unloads the sinks; returns how many had
+    /// unloaded themselves already (module-tunnel-sink-new does when its
+    /// connection to the host fails).
+    pub fn stop(mut self, world: &World) -> Result<usize> {
         for p in &mut self.players {
             let _ = p.kill();
             let _ = p.wait();
         }
         self.players.clear();
+        let loaded = world.guest.pactl_ok(&["list", "short", "modules"])?;
+        let present = |m: u32| {
+            loaded
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(&m.to_string()))
+        };
+        let mut gone = 0;
         let mut result = Ok(());
         for m in self.modules.drain(..).rev() {
-            result = result.and(unload(&world.guest, m));
+            if present(m) {
+                result = result.and(unload(&world.guest, m));
+            } else {
+                gone += 1;
+            }
         }
-        result
+        result.map(|()| gone)
     }
 }
 

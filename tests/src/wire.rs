@@ -6,7 +6,7 @@
 use std::{
     fmt,
     io::{self, Read, Write},
-    net::{Shutdown, SocketAddr, TcpStream},
+    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream},
     os::unix::net::UnixStream,
     path::PathBuf,
     str::FromStr,
@@ -27,6 +27,9 @@ pub enum Target {
     Unix(PathBuf),
     /// A TCP address.
     Tcp(SocketAddr),
+    /// A TCP address, connected to from a chosen local IPv4 address (such
+    /// as 127.0.0.2, to be another peer than 127.0.0.1 on loopback).
+    TcpFrom(Ipv4Addr, SocketAddrV4),
 }
 
 impl Target {
@@ -35,6 +38,10 @@ impl Target {
         match self {
             Target::Unix(p) => UnixStream::connect(p).map(Conn::Unix),
             Target::Tcp(a) => TcpStream::connect_timeout(a, Duration::from_secs(2)).map(|s| {
+                let _ = s.set_nodelay(true);
+                Conn::Tcp(s)
+            }),
+            Target::TcpFrom(from, to) => connect_from(*from, *to).map(|s| {
                 let _ = s.set_nodelay(true);
                 Conn::Tcp(s)
             }),
@@ -52,6 +59,7 @@ impl fmt::Display for Target {
         match self {
             Target::Unix(p) => write!(f, "unix:{}", p.display()),
             Target::Tcp(a) => write!(f, "tcp:{a}"),
+            Target::TcpFrom(_, a) => write!(f, "tcp:{a}"),
         }
     }
 }
@@ -69,6 +77,25 @@ impl FromStr for Target {
             Err(format!("{s:?} is neither unix:PATH nor tcp:ADDR:PORT"))
         }
     }
+}
+
+/// A TCP connection to `to` from `from` (port chosen by the kernel).
+fn connect_from(from: Ipv4Addr, to: SocketAddrV4) -> io::Result<TcpStream> {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(from, 0)),
+    )?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
+    Ok(TcpStream::from(fd))
 }
 
 /// A connected unix or TCP stream.

@@ -10,7 +10,7 @@
 use std::{
     fmt::Write as _,
     io::{BufRead, BufReader},
-    net::{Shutdown, TcpListener},
+    net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener},
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
@@ -45,33 +45,56 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A host PulseAudio and host-playd on a unix socket.
+/// A host PulseAudio and host-playd on a unix socket and on TCP. The
+/// legitimate guest connects over TCP from 127.0.0.2, the only TCP peer the
+/// policy allows: its identity (an IP address) is not the attackers' (uid 0
+/// on the unix socket), as a victim VM's is not an attacker VM's.
 struct Host {
     // Drop order: host-playd before the host daemon.
     playd: HostPlayd,
     pulse: PulseDaemon,
     unix: Target,
+    /// From 127.0.0.2: allowed.
+    guest_tcp: Target,
+    /// From 127.0.0.1: denied.
+    denied_tcp: Target,
     socket: PathBuf,
-    _config: Option<TestDir>,
+    _config: TestDir,
 }
+
+/// Appended to every test's configuration.
+const GUEST_TCP_RULE: &str =
+    "\n[[rule]]\nname = \"victim-vm\"\ntcp = \"127.0.0.2/32\"\nallow = true\nmax_streams = 4\n";
 
 impl Host {
     fn start(args: &[&str]) -> Self {
         Self::start_config(args, None)
     }
 
-    /// With `config` (TOML) as host-playd's --config.
+    /// With `config` (TOML, the victim's TCP rule appended) as host-playd's
+    /// --config.
     fn start_config(args: &[&str], config: Option<&str>) -> Self {
         let pulse = host_daemon().expect("starting the host PulseAudio");
         let socket = pulse.dir().join("playd.sock");
+        let port = free_port();
+        // The victim connects from 127.0.0.2 (loopback's own source
+        // address would be 127.0.0.1 whatever the destination).
+        let guest_tcp = Target::TcpFrom(
+            Ipv4Addr::new(127, 0, 0, 2),
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+        );
+        let denied_tcp = Target::Tcp(format!("127.0.0.1:{port}").parse().expect("addr"));
+        let dir = TestDir::new("config").expect("config dir");
+        let path = dir.path().join("host-playd.toml");
+        let text = format!("{}{GUEST_TCP_RULE}", config.unwrap_or(""));
+        std::fs::write(&path, text).expect("writing the config");
         let mut argv: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-        let dir = config.map(|text| {
-            let dir = TestDir::new("config").expect("config dir");
-            let path = dir.path().join("host-playd.toml");
-            std::fs::write(&path, text).expect("writing the config");
-            argv.extend(["--config".to_owned(), path.display().to_string()]);
-            dir
-        });
+        argv.extend([
+            "--listen".to_owned(),
+            denied_tcp.listen_arg(),
+            "--config".to_owned(),
+            path.display().to_string(),
+        ]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let playd =
             HostPlayd::start_with(&socket, Some(&pulse), &argv).expect("starting host-playd");
@@ -79,6 +102,8 @@ impl Host {
             playd,
             pulse,
             unix: Target::Unix(socket.clone()),
+            guest_tcp,
+            denied_tcp,
             socket,
             _config: dir,
         }
@@ -88,8 +113,9 @@ impl Host {
         format!("{}\n{}", self.playd.log_tail(), self.pulse.log_tail())
     }
 
+    /// The victim, playing, with its first clock reports in.
     fn legit(&self) -> LegitGuest {
-        let g = LegitGuest::start(&self.unix, "legit", LEGIT_LATENCY_USEC)
+        let g = LegitGuest::start(&self.guest_tcp, "legit", LEGIT_LATENCY_USEC)
             .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
         g.wait_clocks(10, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
@@ -410,8 +436,8 @@ fn control_floods_do_not_disturb_a_neighbour() {
         let mut closes = o.closes.clone();
         closes.dedup();
         println!(
-            "isolation: {kind:?} flood: {} messages in 15 s over {} connection(s); closed by \
-             host-playd {} time(s): {:?}",
+            "isolation: {kind:?} flood: {} messages in 15 s over {} connection(s), {} ended \
+             early (host Goodbye, or the write or handshake failing): {:?}",
             o.sent,
             o.connections,
             o.closes.len(),
@@ -492,15 +518,10 @@ fn denied_peers_cannot_lock_out_a_guest() {
     if !is_root() {
         panic!("this test needs root to run a denied peer as another uid (setpriv)");
     }
-    let port = free_port();
-    let denied_tcp = Target::Tcp(format!("127.0.0.1:{port}").parse().expect("addr"));
-    let allowed_tcp = Target::Tcp(format!("127.0.0.2:{port}").parse().expect("addr"));
     let config = "[defaults]\nunix = \"allow\"\ntcp = \"deny\"\nmax_streams = 8\n\n\
-                  [[rule]]\nname = \"denied-user\"\nunix_uid = 65534\nallow = false\n\n\
-                  [[rule]]\nname = \"guest-tcp\"\ntcp = \"127.0.0.2/32\"\nallow = true\n";
-    let l1 = denied_tcp.listen_arg();
-    let l2 = allowed_tcp.listen_arg();
-    let host = Host::start_config(&["--listen", &l1, "--listen", &l2], Some(config));
+                  [[rule]]\nname = \"denied-user\"\nunix_uid = 65534\nallow = false\n";
+    let host = Host::start_config(&[], Some(config));
+    let (denied_tcp, allowed_tcp) = (host.denied_tcp.clone(), host.guest_tcp.clone());
     let legit = host.legit();
 
     const HELD: usize = 64;

@@ -91,10 +91,18 @@ fn main() -> Result<()> {
             let mut fleet = Fleet::start(&world, row, n, latency_ms)?;
             thread::sleep(WARMUP + Duration::from_millis(50 * n as u64));
             let load = sample(&world, ticks, seconds, Some(&mut fleet));
-            fleet.stop(&world)?;
+            let gone = fleet.stop(&world)?;
+            if gone > 0 {
+                println!(
+                    "({n} x {}: {gone} sink(s) had unloaded themselves)",
+                    short(row)
+                );
+            }
             // Let the host streams go before the next row.
             thread::sleep(Duration::from_secs(1));
-            table.push((format!("{n:>2} x {}", short(row)), n, load?));
+            let load = load?;
+            eprintln!("  {load:?}");
+            table.push((format!("{n:>2} x {}", short(row)), n, load));
         }
     }
     print_table(&table, idle);
