@@ -19,6 +19,7 @@ pub mod robust;
 pub mod signal;
 mod stack;
 mod tempdir;
+pub mod vm;
 
 pub use binaries::{host_playd, module_library, pulse_module_dir, target_dir, workspace_root};
 pub use error::HarnessError;
