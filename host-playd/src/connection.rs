@@ -83,12 +83,22 @@ pub struct Counters {
     pub writers: Arc<AtomicUsize>,
 }
 
+/// Who a freshly accepted connection is.
+#[derive(Debug)]
+pub struct Accepted {
+    /// For log lines: the listener's name and the peer's.
+    pub peer: String,
+    /// The listener's name alone, for the policy's `listen` rules.
+    pub listener: String,
+    /// What the kernel says about the peer.
+    pub identity: PeerIdentity,
+}
+
 /// Starts the reader and writer threads of a freshly accepted connection.
 pub fn spawn(
     id: ClientId,
     conn: Box<dyn Conn>,
-    peer: String,
-    identity: PeerIdentity,
+    accepted: Accepted,
     engine: EngineHandle,
     clock: HostClock,
     counters: &Counters,
@@ -105,11 +115,17 @@ pub fn spawn(
             write_loop(id, writer_conn, queue);
         })?;
 
+    let Accepted {
+        peer,
+        listener,
+        identity,
+    } = accepted;
     // Register before reading so no message can overtake the Connect.
     if engine
         .send(Command::Connect {
             id,
             peer,
+            listener,
             identity,
             outgoing,
         })

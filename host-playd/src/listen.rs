@@ -320,16 +320,14 @@ impl Listener {
                         continue;
                     }
                     let id = next_id.fetch_add(1, Ordering::SeqCst);
-                    let peer = format!("{name} {peer}");
-                    if let Err(e) = connection::spawn(
-                        id,
-                        conn,
-                        peer,
+                    let accepted = connection::Accepted {
+                        peer: format!("{name} {peer}"),
+                        listener: name.clone(),
                         identity,
-                        engine.clone(),
-                        clock,
-                        &counters,
-                    ) {
+                    };
+                    if let Err(e) =
+                        connection::spawn(id, conn, accepted, engine.clone(), clock, &counters)
+                    {
                         log::error!("cannot serve a connection on {name}: {e}");
                     }
                 }
