@@ -16,7 +16,7 @@
 # the control connection (they differ by the guest's boot time, ~20 s). The
 # median of heard - predicted must be within VM_LATENCY_TOLERANCE_MS: 10 ms
 # under KVM, 20 ms under TCG, where on this loaded 2-core CI machine the
-# guest's medians measured -15 to +12 ms (docs/timing.md, "In a real VM").
+# guest's medians measured -23 to +12 ms, once +69 (docs/timing.md, "In a real VM").
 # target/release/vm-host does that and prints the last line,
 # "vm-test: PASS ..." or "vm-test: FAIL ..."; the exit status follows it.
 #
