@@ -19,6 +19,7 @@ packages=(
   pulseaudio pulseaudio-utils libpulse-dev libltdl-dev
   clang libclang-dev pkg-config dpkg-dev xz-utils ca-certificates
   sox iproute2 procps systemd valgrind
+  qemu-system-x86 busybox-static cpio   # scripts/vm-test.sh
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
