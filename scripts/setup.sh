@@ -20,6 +20,7 @@ packages=(
   clang libclang-dev pkg-config dpkg-dev xz-utils ca-certificates
   sox iproute2 procps systemd valgrind
   qemu-system-x86 busybox-static cpio   # scripts/vm-test.sh
+  systemd-container                     # scripts/systemd-test.sh
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
