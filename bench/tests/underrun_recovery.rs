@@ -12,8 +12,14 @@
 //! about 2 s, and the error then drifts through zero to about −25 ms 7 s
 //! later. The pure simulation of the same stop (`drift_sim.rs`) recovers in
 //! 5 ms, so the cause is in what the real host stream reports after an
-//! underrun, not in the guest's arithmetic alone. Ignored until fixed, so CI
-//! stays meaningful; run it with `--ignored`.
+//! underrun, not in the guest's arithmetic alone. The sink's own latency
+//! (sampled from `pactl` every 50 ms, printed) drops to 0 during the stop and
+//! is back in its usual 30–50 ms range within about 100 ms of SIGCONT, so the
+//! lingering error is either a real extra delay the sink does not see or
+//! libpulse's client-side interpolation (5 s history) reacting to that dip.
+//! Capping the guest's extrapolation at 50 ms past the last report
+//! (timing/playback.rs) was tried and did not help (+120 ms). Ignored until
+//! fixed, so CI stays meaningful; run it with `--ignored`.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -23,9 +29,9 @@ use secure_tunnel_bench::{
     clock,
     impulses::Coder,
     pa::{PlayConfig, RecordProbe},
-    probe::{measure, Phases},
+    probe::{measure, Measurement, Phases},
 };
-use secure_tunnel_e2e::{TunnelStack, GUEST_SINK, HOST_SINK};
+use secure_tunnel_e2e::{find_sink, TunnelStack, GUEST_SINK, HOST_SINK};
 
 const TOLERANCE_MS: f64 = 5.0;
 const STOP_AT_S: f64 = 3.5;
@@ -38,6 +44,29 @@ fn signal(pid: u32, sig: &str) {
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "kill {sig} {pid} failed");
+}
+
+/// [`measure`], stopping host-playd (`pid`) for [`STOP_FOR`] at [`STOP_AT_S`].
+fn measure_with_stop(
+    recorder: &mut RecordProbe,
+    config: PlayConfig,
+    phases: Phases,
+    pid: u32,
+    resumed: &mut Option<f64>,
+    stack: &TunnelStack,
+) -> Measurement {
+    measure(recorder, config, phases, |elapsed| {
+        if resumed.is_none() && elapsed >= STOP_AT_S - 1.0 {
+            // `measure` calls about once a second: stop at STOP_AT_S.
+            thread::sleep(Duration::from_secs_f64((STOP_AT_S - elapsed).max(0.0)));
+            signal(pid, "-STOP");
+            thread::sleep(STOP_FOR);
+            signal(pid, "-CONT");
+            *resumed = Some(clock::now());
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", stack.logs()))
 }
 
 #[test]
@@ -64,19 +93,37 @@ fn latency_is_right_again_within_200_ms_of_a_host_underrun() {
     };
     let pid = stack.playd.pid();
     let mut resumed = None;
-    let m = measure(&mut recorder, config, phases, |elapsed| {
-        if resumed.is_none() && elapsed >= STOP_AT_S - 1.0 {
-            // `measure` calls about once a second: stop at STOP_AT_S.
-            thread::sleep(Duration::from_secs_f64((STOP_AT_S - elapsed).max(0.0)));
-            signal(pid, "-STOP");
-            thread::sleep(STOP_FOR);
-            signal(pid, "-CONT");
-            resumed = Some(clock::now());
-        }
-        Ok(())
-    })
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", stack.logs()));
+    // The sink's own latency (what `pactl list sinks` shows) every 50 ms
+    // over the run, to tell the sink's estimate from libpulse's client-side
+    // interpolation when the prediction is off.
+    let sampling = std::sync::atomic::AtomicBool::new(true);
+    let sink_latency = thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut samples = Vec::new();
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(sink) = find_sink(&stack.guest, GUEST_SINK) {
+                    if let Some(usec) = sink.latency_usec {
+                        samples.push((clock::now(), usec as f64 / 1e3));
+                    }
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            samples
+        });
+        let m = measure_with_stop(&mut recorder, config, phases, pid, &mut resumed, &stack);
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        (m, sampler.join().unwrap_or_default())
+    });
+    let (m, sink_latency) = sink_latency;
     let resumed = resumed.expect("host-playd was stopped");
+    println!("sink latency (ms after SIGCONT, ms) around the stop:");
+    for (t, l) in sink_latency
+        .iter()
+        .map(|(t, l)| ((t - resumed) * 1e3, l))
+        .filter(|(t, _)| *t > -600.0 && *t < 1500.0)
+    {
+        println!("  {t:+8.1} {l:7.2}");
+    }
     let log = stack.playd.log();
     let dry = log.matches("ran dry").count();
     let rows: Vec<(f64, f64)> = m
