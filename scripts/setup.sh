@@ -21,6 +21,8 @@ packages=(
   sox iproute2 procps systemd valgrind
   # the PipeWire front end (secure-tunnel-pipewire) and its tests
   libpipewire-0.3-dev pipewire pipewire-bin wireplumber pipewire-pulse
+  qemu-system-x86 busybox-static cpio   # scripts/vm-test.sh
+  systemd-container                     # scripts/systemd-test.sh
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

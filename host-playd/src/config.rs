@@ -21,7 +21,8 @@
 //!
 //! [[rule]]                   # the first matching rule decides
 //! name = "music-vm"
-//! vsock_cid = 3              # or unix_uid, unix_gid, tcp = "10.0.0.0/24"
+//! vsock_cid = 3              # or unix_uid, unix_gid, tcp = "10.0.0.0/24",
+//!                            # listen = "unix:/run/host-playd/vm1.vsock_5000"
 //! allow = true
 //! max_streams = 1
 //! formats = ["s16le"]
@@ -183,6 +184,7 @@ struct RawRule {
     unix_gid: Option<u32>,
     tcp: Option<RawCidr>,
     vsock_cid: Option<u32>,
+    listen: Option<String>,
     allow: Option<bool>,
     max_streams: Option<Spanned<u32>>,
     formats: Option<Vec<FormatName>>,
@@ -271,12 +273,15 @@ pub fn parse(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
         if let Some(cid) = r.vsock_cid {
             matchers.push(Matcher::VsockCid(cid));
         }
+        if let Some(name) = &r.listen {
+            matchers.push(Matcher::Listen(name.clone()));
+        }
         if matchers.len() != 1 {
             return Err(at.error(
                 spanned.span(),
                 "unix_uid",
                 &format!(
-                    "rule {:?} needs exactly one of unix_uid, unix_gid, tcp, vsock_cid (has {})",
+                    "rule {:?} needs exactly one of unix_uid, unix_gid, tcp, vsock_cid, listen (has {})",
                     r.name,
                     matchers.len()
                 ),
@@ -552,6 +557,21 @@ allow = false
             Matcher::Tcp("192.168.0.0/24".parse().unwrap())
         );
         assert!(!p.rules[2].allow);
+    }
+
+    #[test]
+    fn a_rule_matches_the_listener_that_accepted() {
+        let c = parse(
+            "[[rule]]\nname = \"vm1\"\nlisten = \"unix:/run/host-playd/vm1.vsock_5000\"\nmax_streams = 1\n",
+            "vms.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.policy.rules[0].matcher,
+            Matcher::Listen("unix:/run/host-playd/vm1.vsock_5000".into())
+        );
+        let e = error("[[rule]]\nname = \"two\"\nlisten = \"unix:/a\"\nunix_uid = 0\n");
+        assert!(e.to_string().contains("listen (has 2)"), "{e}");
     }
 
     #[test]

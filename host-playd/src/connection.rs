@@ -97,6 +97,8 @@ pub struct Accepted {
     pub conn: Box<dyn Conn>,
     /// The listener and peer, as logs show them.
     pub peer: String,
+    /// The listener's name alone, for the policy's `listen` rules.
+    pub listener: String,
     pub identity: PeerIdentity,
     pub slot: HandshakeSlot,
 }
@@ -112,6 +114,7 @@ pub fn spawn(
         id,
         conn,
         peer,
+        listener,
         identity,
         slot,
     } = accepted;
@@ -132,6 +135,7 @@ pub fn spawn(
         .send(Command::Connect {
             id,
             peer,
+            listener,
             identity,
             outgoing,
             slot: Some(slot),

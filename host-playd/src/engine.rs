@@ -43,6 +43,9 @@ pub enum Command {
     Connect {
         id: ClientId,
         peer: String,
+        /// The name of the listener that accepted it (`unix:/path`, ...),
+        /// for the policy's `listen` rules.
+        listener: String,
         /// Who the kernel says the peer is; the policy decides on it.
         identity: PeerIdentity,
         outgoing: SyncSender<HostMessage>,
@@ -362,6 +365,7 @@ impl<B: AudioBackend> Engine<B> {
             Command::Connect {
                 id,
                 peer,
+                listener,
                 identity,
                 outgoing,
                 slot,
@@ -373,7 +377,7 @@ impl<B: AudioBackend> Engine<B> {
                     u64::try_from(self.config.handshake_timeout.as_micros()).unwrap_or(u64::MAX);
                 let now = self.clock.now_usec();
                 let session = Session::new(now, timeout, &peer);
-                let admission = self.config.policy.admit(&identity);
+                let admission = self.config.policy.admit_on(Some(&listener), &identity);
                 let connections = {
                     let seen = self.connections.entry(identity.key()).or_insert(0);
                     *seen = seen.saturating_add(1);

@@ -354,6 +354,7 @@ impl Listener {
                         id,
                         conn,
                         peer,
+                        listener: name.clone(),
                         identity,
                         slot,
                     };

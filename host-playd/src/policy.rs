@@ -151,9 +151,23 @@ pub enum Matcher {
     UnixGid(u32),
     Tcp(Cidr),
     VsockCid(u32),
+    /// The listener that accepted the connection, by its name as host-playd
+    /// logs it (`unix:/run/host-playd/vm1.vsock_5000`, `tcp:0.0.0.0:4713`,
+    /// `vsock:4294967295:5000`). What tells VMs apart behind a vhost-user
+    /// vsock backend, which connects every guest of one VM through its own
+    /// unix socket `<uds-path>_<port>`: host-playd sees the backend, not a CID.
+    Listen(String),
 }
 
 impl Matcher {
+    /// Whether `peer`, accepted on `listener` (`None`: not known), matches.
+    pub fn matches_on(&self, listener: Option<&str>, peer: &PeerIdentity) -> bool {
+        match self {
+            Matcher::Listen(want) => listener == Some(want.as_str()),
+            _ => self.matches(peer),
+        }
+    }
+
     pub fn matches(&self, peer: &PeerIdentity) -> bool {
         match (self, peer) {
             (Matcher::UnixUid(want), PeerIdentity::Unix { uid, .. }) => want == uid,
@@ -172,6 +186,7 @@ impl fmt::Display for Matcher {
             Matcher::UnixGid(gid) => write!(f, "unix gid {gid}"),
             Matcher::Tcp(net) => write!(f, "tcp {net}"),
             Matcher::VsockCid(cid) => write!(f, "vsock cid {cid}"),
+            Matcher::Listen(name) => write!(f, "listener {name}"),
         }
     }
 }
@@ -255,13 +270,24 @@ pub enum Admission {
 }
 
 impl Policy {
+    /// [`Policy::admit_on`] without knowing the listener: `listen` rules
+    /// match nothing.
     pub fn admit(&self, peer: &PeerIdentity) -> Admission {
+        self.admit_on(None, peer)
+    }
+
+    /// The verdict on `peer`, accepted on the listener named `listener`.
+    pub fn admit_on(&self, listener: Option<&str>, peer: &PeerIdentity) -> Admission {
         if let PeerIdentity::Unknown(why) = peer {
             return Admission::Denied {
                 reason: format!("the peer's identity is unknown: {why}"),
             };
         }
-        if let Some(rule) = self.rules.iter().find(|r| r.matcher.matches(peer)) {
+        if let Some(rule) = self
+            .rules
+            .iter()
+            .find(|r| r.matcher.matches_on(listener, peer))
+        {
             return if rule.allow {
                 Admission::Allowed {
                     rule: Some(rule.name.clone()),
@@ -365,6 +391,69 @@ mod tests {
             allow,
             limits: StreamLimits::default(),
         }
+    }
+
+    /// Two VMs behind vhost-user vsock backends: both connect as the same
+    /// uid through unix sockets, one per VM; only the listener tells them
+    /// apart.
+    #[test]
+    fn listen_rules_tell_vms_apart_by_the_socket_that_accepted_them() {
+        let policy = Policy {
+            rules: vec![
+                rule(
+                    "vm1",
+                    Matcher::Listen("unix:/run/host-playd/vm1.vsock_5000".into()),
+                    true,
+                ),
+                rule(
+                    "vm2",
+                    Matcher::Listen("unix:/run/host-playd/vm2.vsock_5000".into()),
+                    false,
+                ),
+            ],
+            defaults: Defaults {
+                unix: false,
+                ..Defaults::default()
+            },
+            ..Policy::default()
+        };
+        let backend = unix(0, 0);
+        let on = |l: &str| policy.admit_on(Some(l), &backend);
+        assert!(matches!(
+            on("unix:/run/host-playd/vm1.vsock_5000"),
+            Admission::Allowed { rule: Some(r), .. } if r == "vm1"
+        ));
+        assert!(matches!(
+            on("unix:/run/host-playd/vm2.vsock_5000"),
+            Admission::Denied { reason } if reason.contains("\"vm2\"")
+        ));
+        // Another listener, or none known: no listen rule matches, the
+        // defaults decide (unix denied here).
+        assert!(matches!(
+            on("unix:/run/host-playd/vm1.vsock_50001"),
+            Admission::Denied { .. }
+        ));
+        assert!(matches!(policy.admit(&backend), Admission::Denied { .. }));
+        // A listen rule matches any transport's peer on that listener, and
+        // never an unknown peer.
+        assert!(matches!(
+            policy.admit_on(
+                Some("unix:/run/host-playd/vm1.vsock_5000"),
+                &tcp("10.0.0.1:9")
+            ),
+            Admission::Allowed { .. }
+        ));
+        assert!(matches!(
+            policy.admit_on(
+                Some("unix:/run/host-playd/vm1.vsock_5000"),
+                &PeerIdentity::Unknown("x".into())
+            ),
+            Admission::Denied { .. }
+        ));
+        assert_eq!(
+            Matcher::Listen("tcp:0.0.0.0:1".into()).to_string(),
+            "listener tcp:0.0.0.0:1"
+        );
     }
 
     #[test]

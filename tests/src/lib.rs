@@ -21,6 +21,7 @@ pub mod robust;
 pub mod signal;
 mod stack;
 mod tempdir;
+pub mod vm;
 pub mod wire;
 
 pub use binaries::{host_playd, module_library, pulse_module_dir, target_dir, workspace_root};
