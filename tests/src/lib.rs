@@ -12,6 +12,7 @@ pub mod latency;
 mod legit;
 pub mod netns;
 mod pactl;
+pub mod patests;
 mod playd;
 mod process;
 pub mod proctree;

@@ -177,6 +177,16 @@ impl PulseDaemon {
         Ok(cmd)
     }
 
+    /// A client program that takes no `--server` option (PulseAudio's own
+    /// test programs): aimed at this daemon through `PULSE_SERVER`, with the
+    /// same environment as [`PulseDaemon::client`].
+    pub fn client_by_env(&self, program: &Path) -> Result<Command, HarnessError> {
+        let mut cmd = Command::new(program);
+        set_env(&mut cmd, self.dir.path())?;
+        cmd.env("PULSE_SERVER", self.server());
+        Ok(cmd)
+    }
+
     /// Runs `pactl` with a bounded wait.
     pub fn pactl(&self, args: &[&str]) -> Result<Output, HarnessError> {
         let mut cmd = self.client("pactl")?;

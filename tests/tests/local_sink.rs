@@ -9,13 +9,23 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use secure_tunnel_e2e::{
-    signal, Recorder, Recording, TunnelStack, CHANNELS, GUEST_SINK, HOST_SINK, RATE,
+    patests, signal, Recorder, Recording, TunnelStack, CHANNELS, GUEST_SINK, HOST_SINK, RATE,
 };
 
 const FRAMES_PER_SEC: usize = RATE as usize;
 const FORMAT: &str = "rate=48000 channels=2 format=s16le";
 const LATENCY_MSEC: u64 = 60;
 const LIVE: Duration = Duration::from_secs(5);
+
+/// These tests measure timing (first sound within 110 ms, clock stalls):
+/// run one at a time so they do not load each other's daemons.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn start_stack() -> TunnelStack {
     TunnelStack::start(&format!("{FORMAT} latency_msec={LATENCY_MSEC}"))
@@ -148,6 +158,7 @@ impl Drop for Paplay {
 /// within `latency_msec` + 50 ms of its start.
 #[test]
 fn default_buffering_is_heard_within_the_sink_latency() {
+    let _serial = serial();
     let stack = start_stack();
     let rec = host_recorder(&stack);
     let played = signal::pseudo_random(0x5747, FRAMES_PER_SEC);
@@ -188,6 +199,7 @@ fn default_buffering_is_heard_within_the_sink_latency() {
 /// once each.
 #[test]
 fn suspend_during_playback_hears_everything_once() {
+    let _serial = serial();
     let stack = start_stack();
     let rec = host_recorder(&stack);
     let played = signal::pseudo_random(0x5A5B, 3 * FRAMES_PER_SEC);
@@ -226,6 +238,7 @@ fn suspend_during_playback_hears_everything_once() {
 /// no segment of the signal heard twice.
 #[test]
 fn move_away_and_back_hears_no_repeat() {
+    let _serial = serial();
     let stack = start_stack();
     stack
         .guest
@@ -269,4 +282,154 @@ fn move_away_and_back_hears_no_repeat() {
         stack.logs()
     );
     assert!(heard.repeated < FRAMES_PER_SEC / 100, "{heard:?}");
+}
+
+/// A PulseAudio test program aimed at the guest daemon, playing into the
+/// tunnel sink (`PULSE_SINK`), running in check's no-fork mode so killing it
+/// ends it.
+fn pa_test(stack: &TunnelStack, name: &str) -> std::process::Command {
+    let program = patests::pa_test_program(name).unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = stack
+        .guest
+        .client_by_env(&program)
+        .unwrap_or_else(|e| panic!("{e}"));
+    cmd.env("PULSE_SINK", GUEST_SINK).env("CK_FORK", "no");
+    cmd
+}
+
+/// One line of interpol-test's log: real time and stream time (usec) and
+/// whether the server said the stream was playing.
+fn interpol_line(line: &str) -> Option<(u64, u64, bool)> {
+    let fields: Vec<&str> = line.split('\t').collect();
+    if fields.len() != 10 {
+        return None;
+    }
+    let rtc = fields[1].trim().parse().ok()?;
+    let t = fields[2].trim().parse().ok()?;
+    Some((rtc, t, fields[7].trim() == "1"))
+}
+
+/// interpol-test with its default buffer (it asks ~2 s): once the stream is
+/// created, its clock starts advancing within 100 ms and never stands still
+/// longer than that in the first 3 s.
+#[test]
+fn interpol_test_clock_starts_without_a_stall() {
+    let _serial = serial();
+    let stack = start_stack();
+    let mut cmd = pa_test(&stack, "interpol-test");
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn interpol-test");
+    let stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut samples = Vec::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(s) = interpol_line(&line) {
+                samples.push(s);
+            }
+        }
+        samples
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = child.kill();
+    let _ = child.wait();
+    let samples = reader.join().expect("reader");
+    assert!(
+        samples.len() > 100,
+        "interpol-test printed {} timing lines",
+        samples.len()
+    );
+    let first = samples[0].0;
+    let window: Vec<_> = samples
+        .iter()
+        .filter(|s| s.0 <= first + 3_000_000)
+        .collect();
+    // From the first timing line (the stream exists) to the first advance.
+    let start_stall = window
+        .iter()
+        .find(|s| s.1 > 0)
+        .map_or(u64::MAX, |s| s.0 - first);
+    // Longest stretch without an advance once it moved.
+    let mut longest = 0;
+    let mut since = None::<(u64, u64)>;
+    for s in window.iter().skip_while(|s| s.1 == 0) {
+        match since {
+            Some((t, at)) if s.1 == t => longest = longest.max(s.0 - at),
+            _ => since = Some((s.1, s.0)),
+        }
+    }
+    println!(
+        "interpol-test: stream clock started {:.1} ms after the stream appeared; longest stall after \
+         that {:.1} ms ({} lines in 3 s)",
+        start_stall as f64 / 1e3,
+        longest as f64 / 1e3,
+        window.len()
+    );
+    assert!(
+        start_stall <= 100_000,
+        "clock stalled {start_stall} usec at start\n{}",
+        stack.logs()
+    );
+    assert!(
+        longest <= 100_000,
+        "clock stalled {longest} usec\n{}",
+        stack.logs()
+    );
+}
+
+/// PulseAudio's sync-playback (4 streams started corked together, which must
+/// finish within check's 4.5 s timeout) passes 10 runs back to back.
+#[test]
+fn sync_playback_passes_ten_runs_back_to_back() {
+    let _serial = serial();
+    let stack = start_stack();
+    for run in 1..=10 {
+        let out = pa_test(&stack, "sync-playback")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run sync-playback");
+        assert!(
+            out.status.success(),
+            "sync-playback run {run} of 10 failed: {}\n{}{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            stack.logs()
+        );
+    }
+    println!("sync-playback: 10 of 10 runs passed back to back");
+}
+
+/// connect-stress (20 streams per connection, connecting and disconnecting
+/// at random within 0.5 s) for 20 s: no "q overrun" in the guest's log.
+#[test]
+fn connect_stress_leaves_no_queue_overruns() {
+    let _serial = serial();
+    let stack = start_stack();
+    let mut child = pa_test(&stack, "connect-stress")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn connect-stress");
+    std::thread::sleep(Duration::from_secs(20));
+    let alive = child.try_wait().expect("status").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = stack.guest.log();
+    let overruns = log.matches("q overrun").count();
+    let dry = stack.playd.log().matches("ran dry").count();
+    println!(
+        "connect-stress 20 s: {overruns} queue overrun warnings, {dry} host dry-run log lines"
+    );
+    assert!(alive, "connect-stress failed early\n{}", stack.logs());
+    assert_eq!(
+        overruns,
+        0,
+        "asyncq overruns in the guest log\n{}",
+        stack.logs()
+    );
 }
