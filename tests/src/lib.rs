@@ -11,6 +11,7 @@ mod error;
 pub mod latency;
 pub mod netns;
 mod pactl;
+mod pipewire;
 mod playd;
 mod process;
 mod pulse;
@@ -20,9 +21,12 @@ pub mod signal;
 mod stack;
 mod tempdir;
 
-pub use binaries::{host_playd, module_library, pulse_module_dir, target_dir, workspace_root};
+pub use binaries::{
+    host_playd, module_library, pipewire_service, pulse_module_dir, target_dir, workspace_root,
+};
 pub use error::HarnessError;
 pub use pactl::{parse_sinks, SinkInfo};
+pub use pipewire::{PipeWireStack, TunnelService};
 pub use playd::HostPlayd;
 pub use pulse::{guest_daemon, host_daemon, PulseDaemon, GUEST_SINK, HOST_SINK, MODULE_NAME};
 pub use record::{Player, Recorder, Recording};
