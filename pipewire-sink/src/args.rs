@@ -26,7 +26,7 @@ pub struct Args {
     /// Sample rate in Hz.
     #[arg(long, value_name = "HZ", default_value_t = 48_000)]
     pub rate: u32,
-    /// Number of channels (1..=8 named positions; more are AUX channels).
+    /// Number of channels (1..=8, in the usual layouts: mono, stereo, 2.1, 4.0, 5.0, 5.1, 6.1, 7.1).
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub channels: u8,
     /// Pause between connection attempts in milliseconds (100..=60000).

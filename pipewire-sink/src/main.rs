@@ -11,10 +11,14 @@ mod service;
 
 use std::time::Duration;
 
-use anyhow::Result;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
 use clap::Parser;
 use log::{error, info};
 use secure_tunnel_guest::engine::Engine;
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::service::{End, Service};
 
@@ -35,12 +39,18 @@ fn run(args: &args::Args) -> Result<()> {
     let description = format!("Secure tunnel to {}", settings.tunnel.server);
     let retry = Duration::from_millis(u64::from(settings.tunnel.reconnect_interval_msec));
     let engine = Engine::new(settings.tunnel, settings.spec);
-    let service = Service::new(engine, description);
-    loop {
+    // SIGTERM and SIGINT only set a flag; the loops check it every few ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing a signal handler")?;
+    }
+    let service = Service::new(engine, description, stop);
+    while !service.stopped() {
         match service.run_session() {
             Ok(End::Stop) => break,
             Ok(End::Lost) => info!("PipeWire session ended; reconnecting"),
-            Err(e) => error!("{e:#}; retrying"),
+            Err(e) => service.session_failed(format!("{e:#}")),
         }
         service.idle_for(retry);
     }

@@ -5,6 +5,8 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -136,10 +138,15 @@ impl State {
 pub struct Service {
     state: Rc<RefCell<State>>,
     description: String,
+    /// Set by SIGTERM or SIGINT.
+    stop: Arc<AtomicBool>,
+    /// The last session error logged, so a PipeWire that stays away is
+    /// logged once, not once per attempt.
+    last_error: RefCell<Option<String>>,
 }
 
 impl Service {
-    pub fn new(engine: Engine, description: String) -> Self {
+    pub fn new(engine: Engine, description: String, stop: Arc<AtomicBool>) -> Self {
         let spec = engine.spec().clone();
         let frames = quantum_frames(engine.target_latency_usec() / 1000, spec.rate);
         let quantum = frames * u64::from(spec.frame_size());
@@ -153,13 +160,28 @@ impl Service {
                 dropped_logged: 0,
             })),
             description,
+            stop,
+            last_error: RefCell::new(None),
+        }
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Logs a session error once per distinct message.
+    pub fn session_failed(&self, message: String) {
+        let mut last = self.last_error.borrow_mut();
+        if last.as_deref() != Some(message.as_str()) {
+            error!("{message}; retrying every reconnect interval");
+            *last = Some(message);
         }
     }
 
     /// Keeps the host connection alive while PipeWire is away.
     pub fn idle_for(&self, pause: Duration) {
         let until = Instant::now() + pause;
-        while Instant::now() < until {
+        while Instant::now() < until && !self.stopped() {
             {
                 let mut st = self.state.borrow_mut();
                 let now = st.clock.now();
@@ -193,18 +215,6 @@ impl Service {
                 }
             })
             .register();
-
-        let mut signals = Vec::new();
-        for signal in [pw::loop_::Signal::SIGTERM, pw::loop_::Signal::SIGINT] {
-            let quit = mainloop.downgrade();
-            let end = end.clone();
-            signals.push(mainloop.loop_().add_signal_local(signal, move || {
-                *end.borrow_mut() = End::Stop;
-                if let Some(l) = quit.upgrade() {
-                    l.quit();
-                }
-            }));
-        }
 
         let (name, spec, latency_msec) = {
             let st = self.state.borrow();
@@ -283,10 +293,23 @@ impl Service {
             .context("connecting the sink stream")?;
         info!("sink {name} ({}) created", self.description);
 
+        *self.last_error.borrow_mut() = None;
         let timer = mainloop.loop_().add_timer({
             let st = st.clone();
             let stream = stream.clone();
-            move |_| drive(&st, &stream)
+            let stop = self.stop.clone();
+            let end = end.clone();
+            let quit = mainloop.downgrade();
+            move |_| {
+                if stop.load(Ordering::Relaxed) {
+                    *end.borrow_mut() = End::Stop;
+                    if let Some(l) = quit.upgrade() {
+                        l.quit();
+                    }
+                    return;
+                }
+                drive(&st, &stream)
+            }
         });
         timer.update_timer(Some(TICK), Some(TICK));
 
