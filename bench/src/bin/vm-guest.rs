@@ -125,7 +125,8 @@ fn play_loaded(guest: &PulseDaemon) -> Result<Vec<String>, String> {
         guest,
         GUEST_SINK,
         to_bytes(&vm::signal()),
-        Duration::from_secs(30),
+        // 1.5 s of audio; an emulated guest on a loaded machine is slow.
+        Duration::from_secs(120),
     )
     .map_err(|e| format!("playing the noise: {e}"))?;
     let probe = PlayProbe::start(PlayConfig {

@@ -181,7 +181,7 @@ fn run(base: Instant) -> Result<String, String> {
         fs::write(
             xchg.join("run.sh"),
             format!(
-                "export HOME=/tmp RUST_LOG=info\n\
+                "export HOME=/tmp RUST_LOG=info SECURE_TUNNEL_TIMEOUT_SCALE=6\n\
                  exec {} --control 10.0.2.2:{control_port} >{} 2>&1\n",
                 args.guest.display(),
                 Path::new("/run/xchg/guest.log").display()
@@ -256,11 +256,11 @@ fn run(base: Instant) -> Result<String, String> {
 fn spawn_qemu(args: &Args, xchg: &Path, vhost: &Path, console: &Path) -> Result<Child, String> {
     let mut cmd = Command::new("qemu-system-x86_64");
     let accel = if args.accel == "tcg" {
-        "tcg".to_owned()
+        "tcg,thread=multi".to_owned()
     } else {
         args.accel.clone()
     };
-    cmd.args(["-accel", &accel, "-cpu", "max", "-smp", "1", "-m", "1024"])
+    cmd.args(["-accel", &accel, "-cpu", "max", "-smp", "2", "-m", "1024"])
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
         .args(["-object", "memory-backend-memfd,id=mem,size=1024M,share=on"])
         .args(["-machine", "q35,memory-backend=mem"])
