@@ -1,0 +1,99 @@
+# shellcheck shell=bash
+# A Debian 13 (trixie) root for building and testing against PulseAudio 17.0,
+# made with debootstrap from the same Debian archive apt installs from here and
+# verified with apt's own keyring. Sourced by scripts/test-debian13.sh.
+#
+# The root is cached in $cache/debian13/root and rebuilt only when the package
+# list below changes (its hash is in root/.secure-tunnel-packages).
+#
+# Why a chroot with the host's toolchain bind-mounted (not rustup inside the
+# root, not a container): the host's ~/.rustup and ~/.cargo are an x86_64 glibc
+# toolchain that runs on Debian 13's newer glibc as is, so the root needs no
+# network beyond Debian's archive, and the registry cache is shared with the
+# host build (no second crates.io download).
+
+debian13_packages=(
+  pulseaudio pulseaudio-utils libpulse-dev libltdl-dev
+  clang libclang-dev pkg-config gcc libc6-dev dpkg-dev xz-utils ca-certificates
+  procps iproute2 passwd init-system-helpers debhelper
+)
+
+log13() { printf 'debian13: %s\n' "$*" >&2; }
+
+# The mirror apt uses for Debian here (first deb.debian.org-style URI from
+# apt-cache policy), falling back to deb.debian.org.
+debian13_mirror() {
+  local m
+  m="$(apt-cache policy 2>/dev/null \
+    | awk '$3 ~ /^bookworm\/main$/ && $NF == "Packages" { print $2; exit }')"
+  echo "${m:-http://deb.debian.org/debian}"
+}
+
+# debian13_root CACHE: prints the root's path, building it when needed.
+debian13_root() {
+  local cache="$1" dir="$cache/debian13" root hash
+  root="$dir/root"
+  hash="$(printf '%s\n' "${debian13_packages[@]}" | sha256sum | cut -c1-16)"
+  if [ -f "$root/.secure-tunnel-packages" ] && [ "$(cat "$root/.secure-tunnel-packages")" = "$hash" ]; then
+    log13 "root cached in $root"
+    echo "$root"
+    return
+  fi
+  command -v debootstrap >/dev/null || { log13 "debootstrap is missing (scripts/setup.sh installs it)"; return 1; }
+  debian13_umount "$root"
+  rm -rf "$dir/root.new"
+  mkdir -p "$dir"
+  local mirror include
+  mirror="$(debian13_mirror)"
+  include="$(IFS=,; echo "${debian13_packages[*]}")"
+  log13 "debootstrap trixie from $mirror into $dir/root.new (once; cached afterwards)"
+  # --keyring: the InRelease signature is checked with apt's own Debian keyring.
+  debootstrap --variant=minbase --components=main \
+    --keyring=/usr/share/keyrings/debian-archive-keyring.gpg \
+    --include="$include" trixie "$dir/root.new" "$mirror" >"$dir/debootstrap.log" 2>&1 || {
+    log13 "debootstrap failed; last lines of $dir/debootstrap.log:"
+    tail -20 "$dir/debootstrap.log" >&2
+    return 1
+  }
+  rm -rf "$dir/root.new/var/cache/apt/archives"/*.deb
+  echo "$hash" >"$dir/root.new/.secure-tunnel-packages"
+  rm -rf "$root"
+  mv "$dir/root.new" "$root"
+  echo "$root"
+}
+
+# Mounts what a build and PulseAudio need: /proc, /dev (with /dev/shm for
+# PulseAudio's memfd/shm pools), /sys, the workspace at the same path, and the
+# host's toolchain read-only except the cargo registry cache.
+debian13_mount() {
+  local root="$1" workspace="$2"
+  mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
+  mountpoint -q "$root/sys" || mount --rbind /sys "$root/sys"
+  mountpoint -q "$root/dev" || mount --rbind /dev "$root/dev"
+  local d
+  for d in "$workspace" "$HOME/.rustup" "$HOME/.cargo"; do
+    mkdir -p "$root$d"
+    mountpoint -q "$root$d" || mount --bind "$d" "$root$d"
+  done
+  cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+}
+
+debian13_umount() {
+  local root="$1" m
+  [ -d "$root" ] || return 0
+  # Deepest first.
+  for m in $(awk -v r="$root" '$2 == r || index($2, r "/") == 1 { print $2 }' /proc/mounts | sort -r); do
+    umount -l "$m" 2>/dev/null || true
+  done
+}
+
+# debian13_run ROOT CMD...: runs CMD in the root as root with the host's
+# toolchain on PATH.
+debian13_run() {
+  local root="$1"; shift
+  chroot "$root" /usr/bin/env -i \
+    HOME="$HOME" PATH="$HOME/.cargo/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" \
+    RUSTUP_HOME="$HOME/.rustup" CARGO_HOME="$HOME/.cargo" LANG=C.UTF-8 TERM=dumb \
+    ${CARGO_BUILD_JOBS:+CARGO_BUILD_JOBS="$CARGO_BUILD_JOBS"} \
+    "$@"
+}
