@@ -101,7 +101,11 @@ fn main() {
     // From here on the headers name the version: what the module reports to
     // the daemon and which libpulsecore it links.
     let version = source_version;
-    installed_pulsecore(&libdir, &version);
+    let pulsecore = installed_pulsecore(&libdir, &version);
+    // Header files keep their tarball's (old) mtimes, so an upgrade to another
+    // PulseAudio would not look like a change to cargo; the library of the
+    // version built against disappears with it, which does.
+    println!("cargo:rerun-if-changed={}", pulsecore.display());
     println!(
         "cargo:rerun-if-changed={}",
         src_root.join(".tarball-version").display()
