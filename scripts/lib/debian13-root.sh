@@ -15,8 +15,11 @@
 debian13_packages=(
   pulseaudio pulseaudio-utils libpulse-dev libltdl-dev
   clang libclang-dev pkg-config gcc libc6-dev dpkg-dev xz-utils ca-certificates
-  procps iproute2 passwd init-system-helpers debhelper
+  procps iproute2 passwd init-system-helpers debhelper lintian
 )
+
+# Where the root's cargo builds (its bindings are PulseAudio 17.0's).
+debian13_target=/var/cache/secure-tunnel/target
 
 log13() { printf 'debian13: %s\n' "$*" >&2; }
 
@@ -38,6 +41,19 @@ debian13_root() {
     log13 "root cached in $root"
     echo "$root"
     return
+  fi
+  if [ -f "$root/.secure-tunnel-packages" ]; then
+    # The list grew: install what is new with the root's own apt (trixie,
+    # verified with the root's keyring) instead of starting over.
+    log13 "installing the root's new packages"
+    if chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin:/usr/sbin:/sbin DEBIAN_FRONTEND=noninteractive \
+      sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends ${debian13_packages[*]} && apt-get clean" \
+      >"$dir/apt.log" 2>&1; then
+      echo "$hash" >"$root/.secure-tunnel-packages"
+      echo "$root"
+      return
+    fi
+    log13 "apt-get in the root failed (see $dir/apt.log); building it again"
   fi
   command -v debootstrap >/dev/null || { log13 "debootstrap is missing (scripts/setup.sh installs it)"; return 1; }
   debian13_umount "$root"
@@ -75,6 +91,10 @@ debian13_mount() {
     mkdir -p "$root$d"
     mountpoint -q "$root$d" || mount --bind "$d" "$root$d"
   done
+  # The root's cargo target directory lives beside the root (not in it), so
+  # that rebuilding the root keeps the compiled crates.
+  mkdir -p "$root$debian13_target" "$(dirname "$root")/target"
+  mountpoint -q "$root$debian13_target" || mount --bind "$(dirname "$root")/target" "$root$debian13_target"
   cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
 }
 
@@ -96,4 +116,18 @@ debian13_run() {
     RUSTUP_HOME="$HOME/.rustup" CARGO_HOME="$HOME/.cargo" LANG=C.UTF-8 TERM=dumb \
     ${CARGO_BUILD_JOBS:+CARGO_BUILD_JOBS="$CARGO_BUILD_JOBS"} \
     "$@"
+}
+
+# debian13_seed ROOT HOST_TARGET: on a cold root target, starts from the
+# host's release build: every crate that does not depend on the PulseAudio
+# headers is compiled identically (same rustc, same paths), and
+# pulse-module-sys rebuilds on its own because the libpulsecore it was built
+# against (rerun-if-changed) does not exist in the root.
+debian13_seed() {
+  local target="$(dirname "$1")/target" host="$2"
+  [ -d "$target/release/deps" ] && return 0
+  [ -d "$host/release/deps" ] || return 0
+  log13 "seeding the root's target directory from $host"
+  mkdir -p "$target/release"
+  cp -a "$host/release/deps" "$host/release/build" "$host/release/.fingerprint" "$target/release/"
 }
