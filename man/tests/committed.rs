@@ -14,7 +14,10 @@ fn committed_man_page_is_the_generated_one() {
             .lines()
             .zip(generated.lines())
             .position(|(a, b)| a != b)
-            .map_or(committed.lines().count().min(generated.lines().count()), |i| i)
+            .map_or(
+                committed.lines().count().min(generated.lines().count()),
+                |i| i
+            )
             + 1
     );
 }
