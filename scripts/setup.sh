@@ -29,7 +29,7 @@ packages=(
   pulseaudio pulseaudio-utils libpulse-dev libltdl-dev
   clang libclang-dev pkg-config dpkg-dev xz-utils ca-certificates
   sox iproute2 procps systemd valgrind
-  debhelper lintian debootstrap
+  build-essential debhelper lintian debootstrap
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
