@@ -30,7 +30,10 @@ fn signal(len: usize) -> Vec<u8> {
 
 #[test]
 fn plays_bit_exact_through_pulseaudio_and_reports_its_clock() {
-    assert!(have_pulseaudio(), "pulseaudio is not installed (scripts/setup.sh)");
+    assert!(
+        have_pulseaudio(),
+        "pulseaudio is not installed (scripts/setup.sh)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let pulse = PrivatePulse::start(dir.path());
     let socket = dir.path().join("playd.sock");
@@ -208,7 +211,10 @@ fn unreachable_server_rejects_guests_and_keeps_retrying() {
 
 #[test]
 fn losing_pulseaudio_says_goodbye_and_reconnects() {
-    assert!(have_pulseaudio(), "pulseaudio is not installed (scripts/setup.sh)");
+    assert!(
+        have_pulseaudio(),
+        "pulseaudio is not installed (scripts/setup.sh)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let pulse = PrivatePulse::start(dir.path());
     let socket = dir.path().join("playd.sock");
