@@ -9,20 +9,27 @@
 # checked with lintian and installed in the root (tests/tests/packages.rs).
 #
 # Needs root (debootstrap, chroot, mounts); scripts/test.sh calls it.
-# Usage: scripts/test-debian13.sh [--no-packages]
+# Usage: scripts/test-debian13.sh [--no-packages | --prepare]
+#   --prepare  only make the root (scripts/test.sh runs this in the background
+#              while the host builds: debootstrap is mostly network and disk)
 # Environment: SECURE_TUNNEL_CACHE as for scripts/setup.sh.
 set -euo pipefail
 
 workspace="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${SECURE_TUNNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secure-tunnel}"
 packages=1
-[ "${1:-}" = --no-packages ] && packages=0
+prepare_only=0
+case "${1:-}" in
+  --no-packages) packages=0 ;;
+  --prepare) prepare_only=1 ;;   # only build (or check) the cached root
+esac
 # shellcheck source=lib/debian13-root.sh
 . "$workspace/scripts/lib/debian13-root.sh"
 
 [ "$(id -u)" -eq 0 ] || { log13 "needs root (debootstrap, chroot, mount)"; exit 1; }
 started=$SECONDS
 root="$(debian13_root "$cache")"
+[ "$prepare_only" = 0 ] || { log13 "root ready after $((SECONDS - started)) s"; exit 0; }
 trap 'debian13_umount "$root"' EXIT
 debian13_seed "$root" "${SECURE_TUNNEL_TARGET_DIR:-$workspace/target}"
 debian13_mount "$root" "$workspace"
