@@ -14,6 +14,7 @@ use common::{start_playd, ChildGuard, Guest};
 const CID_LOCAL: u32 = 1;
 
 #[test]
+#[ignore = "needs vsock loopback (the vsock_loopback kernel module), absent on the CI machine; run with --ignored where it is loaded"]
 fn vsock_guest_is_identified_by_its_cid() {
     let port = 40_000 + std::process::id() % 20_000;
     let dir = tempfile::tempdir().unwrap();
