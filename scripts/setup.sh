@@ -30,6 +30,8 @@ packages=(
   clang libclang-dev pkg-config dpkg-dev xz-utils ca-certificates
   sox iproute2 procps systemd valgrind
   build-essential debhelper lintian debootstrap
+  # the PipeWire front end (secure-tunnel-pipewire) and its tests
+  libpipewire-0.3-dev pipewire pipewire-bin wireplumber pipewire-pulse
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
