@@ -43,12 +43,9 @@ debian13_root() {
     return
   fi
   if [ -f "$root/.secure-tunnel-packages" ]; then
-    # The list grew: install what is new with the root's own apt (trixie,
-    # verified with the root's keyring) instead of starting over.
+    # The list changed: install what is new instead of starting over.
     log13 "installing the root's new packages"
-    if chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin:/usr/sbin:/sbin DEBIAN_FRONTEND=noninteractive \
-      sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends ${debian13_packages[*]} && apt-get clean" \
-      >"$dir/apt.log" 2>&1; then
+    if debian13_apt_install "$root" "$dir/apt.log"; then
       echo "$hash" >"$root/.secure-tunnel-packages"
       echo "$root"
       return
@@ -59,23 +56,41 @@ debian13_root() {
   debian13_umount "$root"
   rm -rf "$dir/root.new"
   mkdir -p "$dir"
-  local mirror include
+  local mirror
   mirror="$(debian13_mirror)"
-  include="$(IFS=,; echo "${debian13_packages[*]}")"
   log13 "debootstrap trixie from $mirror into $dir/root.new (once; cached afterwards)"
   # --keyring: the InRelease signature is checked with apt's own Debian keyring.
+  # Only the base system: debootstrap's resolver does not follow virtual
+  # packages (lintian's perl-openssl-abi-3), the root's apt does.
   debootstrap --variant=minbase --components=main \
     --keyring=/usr/share/keyrings/debian-archive-keyring.gpg \
-    --include="$include" trixie "$dir/root.new" "$mirror" >"$dir/debootstrap.log" 2>&1 || {
+    trixie "$dir/root.new" "$mirror" >"$dir/debootstrap.log" 2>&1 || {
     log13 "debootstrap failed; last lines of $dir/debootstrap.log:"
     tail -20 "$dir/debootstrap.log" >&2
     return 1
   }
-  rm -rf "$dir/root.new/var/cache/apt/archives"/*.deb
+  log13 "installing ${#debian13_packages[@]} packages with the root's apt"
+  debian13_apt_install "$dir/root.new" "$dir/apt.log" || {
+    log13 "apt-get in the new root failed; last lines of $dir/apt.log:"
+    tail -20 "$dir/apt.log" >&2
+    return 1
+  }
   echo "$hash" >"$dir/root.new/.secure-tunnel-packages"
   rm -rf "$root"
   mv "$dir/root.new" "$root"
   echo "$root"
+}
+
+# debian13_apt_install ROOT LOG: the package list, with the root's own apt
+# (Debian 13's archive, verified with the root's keyring).
+debian13_apt_install() {
+  local root="$1" log="$2" rc=0
+  mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
+  chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin:/usr/sbin:/sbin DEBIAN_FRONTEND=noninteractive \
+    sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends ${debian13_packages[*]} && apt-get clean" \
+    >"$log" 2>&1 || rc=$?
+  umount "$root/proc" 2>/dev/null || true
+  return "$rc"
 }
 
 # Mounts what a build and PulseAudio need: /proc, /dev (with /dev/shm for
