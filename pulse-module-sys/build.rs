@@ -4,6 +4,14 @@
 //! The headers are not shipped by any Debian -dev package: `scripts/setup.sh`
 //! unpacks the matching PulseAudio source into a cache directory. Set
 //! `PULSE_SOURCE_DIR` to use another unpacked source tree.
+//!
+//! Every PulseAudio version is built the same way, from its own headers
+//! (16.1 and 17.0 are tested): the version the module reports
+//! (`pa__get_version`, which the daemon compares with its own) and the
+//! library it links (`libpulsecore-VERSION.so`) are taken from the headers'
+//! `.tarball-version`, and the build refuses headers that differ from the
+//! installed libpulsecore. Layout tests are on: bindgen emits a compile-time
+//! assertion of every struct's size, alignment and field offsets.
 
 use std::env;
 use std::fs;
@@ -62,10 +70,9 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SECURE_TUNNEL_CACHE");
     println!("cargo:rerun-if-changed=wrapper.h");
 
-    let version = pkg_config(&["--modversion", "libpulse"]);
+    let installed = pkg_config(&["--modversion", "libpulse"]);
     let system_libdir = PathBuf::from(pkg_config(&["--variable=libdir", "libpulse"]));
     let libdir = system_libdir.join("pulseaudio");
-    installed_pulsecore(&libdir, &version);
 
     let src_root = source_dir();
     let src = src_root.join("src");
@@ -83,14 +90,26 @@ fn main() {
                 src_root.join(".tarball-version").display()
             ))
         });
-    if source_version != version {
+    if source_version != installed {
         fail(&format!(
             "the PulseAudio headers in {} are version {source_version}, but the installed \
-             libpulsecore is {version}; a module built against other headers would crash \
+             libpulse is {installed}; a module built against other headers would crash \
              the daemon",
             src.display()
         ));
     }
+    // From here on the headers name the version: what the module reports to
+    // the daemon and which libpulsecore it links.
+    let version = source_version;
+    let pulsecore = installed_pulsecore(&libdir, &version);
+    // Header files keep their tarball's (old) mtimes, so an upgrade to another
+    // PulseAudio would not look like a change to cargo; the library of the
+    // version built against disappears with it, which does.
+    println!("cargo:rerun-if-changed={}", pulsecore.display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        src_root.join(".tarball-version").display()
+    );
     if !src.join("config.h").exists() {
         fail(&format!("{} is missing", src.join("config.h").display()));
     }
@@ -115,7 +134,7 @@ fn main() {
         .allowlist_type("pollfd")
         .default_enum_style(bindgen::EnumVariation::Consts)
         .derive_default(true)
-        .layout_tests(false)
+        .layout_tests(true)
         .wrap_static_fns(true)
         .wrap_static_fns_path(&static_fns)
         .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()))

@@ -14,6 +14,7 @@ use common::{start_playd, ChildGuard, Guest};
 const CID_LOCAL: u32 = 1;
 
 #[test]
+#[ignore = "needs vsock loopback (the vsock_loopback kernel module), absent on the CI machine; run with --ignored where it is loaded"]
 fn vsock_guest_is_identified_by_its_cid() {
     let port = 40_000 + std::process::id() % 20_000;
     let dir = tempfile::tempdir().unwrap();
@@ -21,10 +22,7 @@ fn vsock_guest_is_identified_by_its_cid() {
     let listen = format!("vsock:any:{port}");
     match vsock::VsockListener::bind_with_cid_port(u32::MAX, port) {
         Ok(probe) => drop(probe),
-        Err(e) => {
-            eprintln!("SKIPPED: no vsock transport to listen on ({e})");
-            return;
-        }
+        Err(e) => panic!("no vsock transport to listen on: {e}"),
     }
     let playd = start_playd(
         dir.path(),
@@ -33,13 +31,10 @@ fn vsock_guest_is_identified_by_its_cid() {
     );
     let stream = match vsock::VsockStream::connect_with_cid_port(CID_LOCAL, port) {
         Ok(stream) => stream,
-        Err(e) => {
-            eprintln!(
-                "SKIPPED: vsock loopback is unavailable on this machine \
-                 (CONFIG_VSOCKETS_LOOPBACK / vsock_loopback module): {e}"
-            );
-            return;
-        }
+        Err(e) => panic!(
+            "vsock loopback is unavailable on this machine \
+             (CONFIG_VSOCKETS_LOOPBACK / vsock_loopback module): {e}"
+        ),
     };
     let reader = stream.try_clone().unwrap();
     let mut guest = Guest::over(Box::new(stream), reader);
@@ -51,16 +46,15 @@ fn vsock_guest_is_identified_by_its_cid() {
 #[test]
 fn serves_sockets_passed_by_systemd() {
     let activate = "systemd-socket-activate";
-    if Command::new(activate)
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_err()
-    {
-        eprintln!("SKIPPED: {activate} is not installed");
-        return;
-    }
+    assert!(
+        Command::new(activate)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok(),
+        "{activate} is not installed (package systemd; scripts/setup.sh installs it)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("activated.sock");
     let log_path = dir.path().join("playd.log");

@@ -30,10 +30,10 @@ fn signal(len: usize) -> Vec<u8> {
 
 #[test]
 fn plays_bit_exact_through_pulseaudio_and_reports_its_clock() {
-    if !have_pulseaudio() {
-        eprintln!("SKIPPED: the pulseaudio binary is not installed");
-        return;
-    }
+    assert!(
+        have_pulseaudio(),
+        "pulseaudio is not installed (scripts/setup.sh)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let pulse = PrivatePulse::start(dir.path());
     let socket = dir.path().join("playd.sock");
@@ -211,10 +211,10 @@ fn unreachable_server_rejects_guests_and_keeps_retrying() {
 
 #[test]
 fn losing_pulseaudio_says_goodbye_and_reconnects() {
-    if !have_pulseaudio() {
-        eprintln!("SKIPPED: the pulseaudio binary is not installed");
-        return;
-    }
+    assert!(
+        have_pulseaudio(),
+        "pulseaudio is not installed (scripts/setup.sh)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let pulse = PrivatePulse::start(dir.path());
     let socket = dir.path().join("playd.sock");

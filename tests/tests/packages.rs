@@ -5,9 +5,10 @@
 //! uncommented), the installed `/usr/bin/host-playd` with the shipped
 //! configuration file, and a bit-exact playback check through both.
 //!
-//! Installing needs root and dpkg (CI runs on a throwaway machine as root);
-//! elsewhere the test says why it skipped. The packages are purged at the
-//! end unless they were installed before the test.
+//! Installing needs root and dpkg (CI runs on a throwaway machine as root,
+//! and again inside the Debian 13 root for PulseAudio 17.0,
+//! scripts/test-debian13.sh); elsewhere the test fails and says why. The
+//! packages are purged at the end unless they were installed before the test.
 
 use std::{
     fs,
@@ -22,7 +23,8 @@ use secure_tunnel_e2e::{
     Player, PulseDaemon, Recorder, TestDir, GUEST_SINK, HOST_SINK, MODULE_NAME, RATE,
 };
 
-const MODULE_PKG: &str = "pulseaudio-module-secure-tunnel";
+/// The module package is named after the PulseAudio release it is built for.
+const MODULE_PKG_PREFIX: &str = "pulseaudio-module-secure-tunnel-";
 const PLAYD_PKG: &str = "host-playd";
 const SNIPPET: &str = "/etc/pulse/default.pa.d/secure-tunnel.pa";
 const CONFIG: &str = "/etc/host-playd/host-playd.toml";
@@ -65,7 +67,7 @@ fn run_ok(cmd: &mut Command, timeout: Duration) -> String {
 }
 
 /// Why the installing test cannot run here, if it cannot.
-fn skip_reason() -> Option<String> {
+fn missing_requirement() -> Option<String> {
     let uid = run(Command::new("id").arg("-u"), Duration::from_secs(5))
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
@@ -100,7 +102,7 @@ fn installed(package: &str) -> bool {
 /// Purges the packages this test installed, when dropped (also on panic),
 /// and the system user their postinst created (Debian's postrm keeps it).
 struct Installation {
-    purge: Vec<&'static str>,
+    purge: Vec<String>,
     remove_user: bool,
 }
 
@@ -129,8 +131,19 @@ impl Drop for Installation {
     }
 }
 
-/// Builds both packages from the release binaries into `out`.
-fn build_packages(out: &Path) -> Vec<PathBuf> {
+/// The installed PulseAudio's version, as pkg-config reports it (16.1, 17.0).
+fn pulse_version() -> String {
+    run_ok(
+        Command::new("pkg-config").args(["--modversion", "libpulse"]),
+        Duration::from_secs(5),
+    )
+    .trim()
+    .to_owned()
+}
+
+/// Builds the packages (lintian-checked) from the release binaries into
+/// `out`; returns the module's and host-playd's, without the -dbgsym ones.
+fn build_packages(out: &Path, module_pkg: &str) -> Vec<PathBuf> {
     let script = workspace_root().join("packaging/build-debs.sh");
     let stdout = run_ok(
         Command::new(&script)
@@ -141,14 +154,29 @@ fn build_packages(out: &Path) -> Vec<PathBuf> {
                 "SECURE_TUNNEL_TARGET_DIR",
                 target_dir().parent().unwrap_or(out),
             ),
-        Duration::from_secs(120),
+        Duration::from_secs(600),
     );
     let debs: Vec<PathBuf> = stdout.lines().map(PathBuf::from).collect();
-    assert_eq!(debs.len(), 2, "build-debs.sh printed {stdout:?}");
     for deb in &debs {
         assert!(deb.is_file(), "{} was not written", deb.display());
     }
-    debs
+    let name = |deb: &PathBuf| {
+        let file = deb.file_name().unwrap_or_default().to_string_lossy();
+        file.split('_').next().unwrap_or_default().to_owned()
+    };
+    let mut names: Vec<String> = debs.iter().map(name).collect();
+    names.sort();
+    let mut expected = vec![
+        PLAYD_PKG.to_owned(),
+        format!("{PLAYD_PKG}-dbgsym"),
+        module_pkg.to_owned(),
+        format!("{module_pkg}-dbgsym"),
+    ];
+    expected.sort();
+    assert_eq!(names, expected, "build-debs.sh printed {stdout:?}");
+    debs.into_iter()
+        .filter(|deb| !name(deb).ends_with("-dbgsym"))
+        .collect()
 }
 
 /// The shipped snippet with its one `load-module` line enabled and pointed at
@@ -300,13 +328,14 @@ impl Drop for InstalledPlayd {
 /// Build, install, configure like an administrator, play bit-exact.
 #[test]
 fn installed_packages_play_bit_exact() {
-    if let Some(why) = skip_reason() {
-        println!("SKIPPED installed_packages_play_bit_exact: {why}");
-        return;
+    if let Some(why) = missing_requirement() {
+        panic!("cannot install packages here: {why}");
     }
     let started = Instant::now();
+    let pa = pulse_version();
+    let module_pkg = format!("{MODULE_PKG_PREFIX}{pa}");
     let work = TestDir::new("packages").expect("scratch directory");
-    let debs = build_packages(work.path());
+    let debs = build_packages(work.path(), &module_pkg);
     for deb in &debs {
         let listing = run_ok(
             Command::new("dpkg-deb").arg("-c").arg(deb),
@@ -314,6 +343,22 @@ fn installed_packages_play_bit_exact() {
         );
         println!("{}: {} files", deb.display(), listing.lines().count());
     }
+    // Exactly the PulseAudio release the module was built for.
+    let module_deb = debs
+        .iter()
+        .find(|d| d.to_string_lossy().contains(&format!("/{module_pkg}_")))
+        .expect("the module package");
+    let depends = run_ok(
+        Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(module_deb)
+            .arg("Depends"),
+        Duration::from_secs(20),
+    );
+    assert!(
+        depends.contains(&format!("pulseaudio (>= {pa}), pulseaudio (<< {pa}.1)")),
+        "{module_pkg} Depends: {depends}"
+    );
 
     let user_existed = run(
         Command::new("getent").args(["passwd", PLAYD_PKG]),
@@ -324,9 +369,9 @@ fn installed_packages_play_bit_exact() {
         purge: Vec::new(),
         remove_user: !user_existed,
     };
-    for package in [MODULE_PKG, PLAYD_PKG] {
+    for package in [module_pkg.as_str(), PLAYD_PKG] {
         if !installed(package) {
-            installation.purge.push(package);
+            installation.purge.push(package.to_owned());
         }
     }
     run_ok(
@@ -458,7 +503,7 @@ fn installed_packages_play_bit_exact() {
     drop(playd);
     drop(host);
     drop(installation);
-    if !installed(MODULE_PKG) {
+    if !installed(&module_pkg) {
         assert!(!module_so.exists(), "purging left {}", module_so.display());
     }
     println!(

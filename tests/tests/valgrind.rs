@@ -7,7 +7,8 @@
 //! still-reachable growth after cycle 50. About a minute on 2 cores.
 //!
 //! valgrind comes from `scripts/setup.sh`; without it the test fails and
-//! says so (CI installs it), unless SECURE_TUNNEL_SKIP_VALGRIND is set.
+//! says so (CI installs it). To leave it out, use cargo's own filter:
+//! `cargo test -- --skip two_hundred_loads`.
 
 use std::process::Command;
 
@@ -15,15 +16,11 @@ use secure_tunnel_e2e::workspace_root;
 
 #[test]
 fn two_hundred_loads_under_memcheck_leave_no_error_and_no_growth() {
-    if std::env::var_os("SECURE_TUNNEL_SKIP_VALGRIND").is_some() {
-        eprintln!("SKIPPED: SECURE_TUNNEL_SKIP_VALGRIND is set");
-        return;
-    }
     let found = Command::new("valgrind").arg("--version").output();
     assert!(
         found.as_ref().is_ok_and(|o| o.status.success()),
-        "valgrind is not installed: run scripts/setup.sh (or set \
-         SECURE_TUNNEL_SKIP_VALGRIND=1 to skip this test)"
+        "valgrind is not installed: run scripts/setup.sh (or leave this test \
+         out with `-- --skip two_hundred_loads`)"
     );
     let root = workspace_root();
     let out = Command::new("bash")
