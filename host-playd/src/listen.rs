@@ -320,31 +320,40 @@ impl Listener {
                             continue;
                         }
                     };
-                    let mut refuse = |conn: Box<dyn Conn>,
-                                      reason: RejectReason,
-                                      text: &str,
-                                      limit: &mut RateLimit| {
-                        if let Some(suppressed) = limit.check(Instant::now()) {
-                            log::warn!(
-                                "refusing ({identity}) on {name}, rejected ({reason:?}) before reading: {text}{}",
-                                suppressed_note(suppressed)
-                            );
-                        }
-                        lingering.push(refuse_conn(conn, reason, text), Instant::now());
-                    };
+                    // Capacity refusals are silent and immediate (the
+                    // guest module retries); a policy refusal says why.
+                    let mut refuse =
+                        |conn: Box<dyn Conn>, reject: Option<RejectReason>, text: &str| {
+                            if let Some(suppressed) = limit.check(Instant::now()) {
+                                let how = reject.map_or_else(
+                                    || "closed at once".to_owned(),
+                                    |r| format!("rejected ({r:?}) before reading"),
+                                );
+                                log::warn!(
+                                    "refusing ({identity}) on {name}, {how}: {text}{}",
+                                    suppressed_note(suppressed)
+                                );
+                            }
+                            match reject {
+                                Some(reason) => {
+                                    lingering.push(refuse_conn(conn, reason, text), Instant::now());
+                                }
+                                None => conn.shutdown_both(),
+                            }
+                        };
                     if let Admission::Denied { reason } = shared.policy.admit(&identity) {
-                        refuse(conn, RejectReason::NotAllowed, &reason, &mut limit);
+                        refuse(conn, Some(RejectReason::NotAllowed), &reason);
                         continue;
                     }
                     if shared.counters.readers.load(Ordering::SeqCst) >= shared.max_connections {
                         let text = format!("{} connections (the maximum)", shared.max_connections);
-                        refuse(conn, RejectReason::TooManyClients, &text, &mut limit);
+                        refuse(conn, None, &text);
                         continue;
                     }
                     let slot = match shared.slots.acquire(identity.key()) {
                         Ok(slot) => slot,
                         Err(text) => {
-                            refuse(conn, RejectReason::TooManyClients, &text, &mut limit);
+                            refuse(conn, None, &text);
                             continue;
                         }
                     };
