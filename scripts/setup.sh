@@ -19,6 +19,8 @@ packages=(
   pulseaudio pulseaudio-utils libpulse-dev libltdl-dev
   clang libclang-dev pkg-config dpkg-dev xz-utils ca-certificates
   sox iproute2 procps systemd valgrind
+  # the PipeWire front end (secure-tunnel-pipewire) and its tests
+  libpipewire-0.3-dev pipewire pipewire-bin wireplumber pipewire-pulse
   qemu-system-x86 busybox-static cpio   # scripts/vm-test.sh
   systemd-container                     # scripts/systemd-test.sh
 )

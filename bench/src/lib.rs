@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod fleet;
 pub mod hog;
 pub mod impulses;
 pub mod logs;

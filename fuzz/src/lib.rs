@@ -434,10 +434,10 @@ mod module {
     use std::sync::Once;
     use std::time::{Duration, Instant};
 
-    use module_secure_tunnel_sink::config::{RawArgs, TunnelConfig};
-    use module_secure_tunnel_sink::engine::Engine;
-    use module_secure_tunnel_sink::session::Activity;
-    use module_secure_tunnel_sink::transport::Connection;
+    use secure_tunnel_guest::config::{RawArgs, TunnelConfig};
+    use secure_tunnel_guest::engine::Engine;
+    use secure_tunnel_guest::session::Activity;
+    use secure_tunnel_guest::transport::Connection;
 
     use super::*;
 

@@ -30,6 +30,7 @@
 //! rate_max = 48000
 //! max_channels = 2
 //! max_latency_ms = 500
+//! min_latency_ms = 20        # default 10: smaller requests are raised
 //! volume_percent = 80
 //! stream_name = "Music VM"
 //! ```
@@ -170,6 +171,7 @@ struct RawDefaults {
     rate_max: Option<Spanned<u32>>,
     max_channels: Option<Spanned<u8>>,
     max_latency_ms: Option<Spanned<u32>>,
+    min_latency_ms: Option<Spanned<u32>>,
     volume_percent: Option<Spanned<u8>>,
     stream_name: Option<Spanned<String>>,
 }
@@ -190,6 +192,7 @@ struct RawRule {
     rate_max: Option<Spanned<u32>>,
     max_channels: Option<Spanned<u8>>,
     max_latency_ms: Option<Spanned<u32>>,
+    min_latency_ms: Option<Spanned<u32>>,
     volume_percent: Option<Spanned<u8>>,
     stream_name: Option<Spanned<String>>,
 }
@@ -248,6 +251,7 @@ pub fn parse(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
             rate_max: &d.rate_max,
             max_channels: &d.max_channels,
             max_latency_ms: &d.max_latency_ms,
+            min_latency_ms: &d.min_latency_ms,
             volume_percent: &d.volume_percent,
             stream_name: &d.stream_name,
         },
@@ -299,6 +303,7 @@ pub fn parse(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
                 rate_max: &r.rate_max,
                 max_channels: &r.max_channels,
                 max_latency_ms: &r.max_latency_ms,
+                min_latency_ms: &r.min_latency_ms,
                 volume_percent: &r.volume_percent,
                 stream_name: &r.stream_name,
             },
@@ -334,6 +339,7 @@ struct LimitFields<'a> {
     rate_max: &'a Option<Spanned<u32>>,
     max_channels: &'a Option<Spanned<u8>>,
     max_latency_ms: &'a Option<Spanned<u32>>,
+    min_latency_ms: &'a Option<Spanned<u32>>,
     volume_percent: &'a Option<Spanned<u8>>,
     stream_name: &'a Option<Spanned<String>>,
 }
@@ -367,6 +373,16 @@ fn stream_limits(at: &Locator<'_>, f: LimitFields<'_>) -> Result<StreamLimits, C
             return Err(at.error(s.span(), "max_latency_ms", "must be 1..=10000"));
         }
     }
+    if let Some(s) = f.min_latency_ms {
+        if !(1..=10_000).contains(s.get_ref()) {
+            return Err(at.error(s.span(), "min_latency_ms", "must be 1..=10000"));
+        }
+        if let Some(max) = f.max_latency_ms {
+            if s.get_ref() > max.get_ref() {
+                return Err(at.error(s.span(), "min_latency_ms", "is above max_latency_ms"));
+            }
+        }
+    }
     if let Some(s) = f.volume_percent {
         if *s.get_ref() > 100 {
             return Err(at.error(
@@ -396,6 +412,7 @@ fn stream_limits(at: &Locator<'_>, f: LimitFields<'_>) -> Result<StreamLimits, C
         rate_max: value(f.rate_max),
         max_channels: f.max_channels.as_ref().map(|s| *s.get_ref()),
         max_latency_usec: value(f.max_latency_ms).map(|ms| u64::from(ms) * 1000),
+        min_latency_usec: value(f.min_latency_ms).map(|ms| u64::from(ms) * 1000),
         volume_percent: f.volume_percent.as_ref().map(|s| *s.get_ref()),
         stream_name: f.stream_name.as_ref().map(|s| s.get_ref().clone()),
     })
@@ -483,6 +500,7 @@ rate_min = 44100
 rate_max = 48000
 max_channels = 2
 max_latency_ms = 500
+min_latency_ms = 20
 volume_percent = 80
 stream_name = "Music VM"
 
@@ -529,6 +547,7 @@ allow = false
                 rate_max: Some(48_000),
                 max_channels: Some(2),
                 max_latency_usec: Some(500_000),
+                min_latency_usec: Some(20_000),
                 volume_percent: Some(80),
                 stream_name: Some("Music VM".into()),
             }

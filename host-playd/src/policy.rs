@@ -202,12 +202,20 @@ pub struct StreamLimits {
     pub max_channels: Option<u8>,
     /// Larger buffers asked for are cut to this.
     pub max_latency_usec: Option<u64>,
+    /// Smaller buffers asked for are raised to this; `None`:
+    /// [`DEFAULT_MIN_LATENCY_USEC`]. (A tiny buffer makes the host's sink
+    /// run at a tiny latency for every stream on it, at many times the CPU.)
+    pub min_latency_usec: Option<u64>,
     /// Host stream volume at creation, percent of normal (the guest has no
     /// way to change it).
     pub volume_percent: Option<u8>,
     /// The name the host's mixer shows, instead of the guest's.
     pub stream_name: Option<String>,
 }
+
+/// The latency floor when a policy sets none: 10 ms, the smallest
+/// `latency_msec` the guest module is measured at.
+pub const DEFAULT_MIN_LATENCY_USEC: u64 = 10_000;
 
 /// One rule of the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,15 +348,19 @@ impl StreamLimits {
         Ok(())
     }
 
-    /// The buffer `tlength_bytes` cut to the latency limit (whole frames).
+    /// The buffer `tlength_bytes` raised to the latency floor, then cut to
+    /// the latency limit (whole frames; the limit wins if they disagree).
     pub fn cap_buffer(&self, spec: &StreamSpec, tlength_bytes: u32) -> u32 {
-        let Some(max_usec) = self.max_latency_usec else {
-            return tlength_bytes;
+        let frames = |usec: u64| {
+            let bytes = spec.usec_to_bytes(usec).max(u64::from(spec.frame_size()));
+            u32::try_from(bytes).unwrap_or(u32::MAX)
         };
-        let cap = spec
-            .usec_to_bytes(max_usec)
-            .max(u64::from(spec.frame_size()));
-        u32::try_from(cap).map_or(tlength_bytes, |cap| tlength_bytes.min(cap))
+        let floor = frames(self.min_latency_usec.unwrap_or(DEFAULT_MIN_LATENCY_USEC));
+        let raised = tlength_bytes.max(floor);
+        match self.max_latency_usec {
+            Some(max_usec) => raised.min(frames(max_usec)),
+            None => raised,
+        }
     }
 
     /// Rewrites what the host will open: the name and the buffer.
@@ -579,8 +591,30 @@ mod tests {
         assert_eq!(params.tlength_bytes, 9_600, "50 ms of 48 kHz stereo s16");
         assert_eq!(params.name, "vm music");
         let mut small = params.clone();
-        small.tlength_bytes = 1_920;
+        small.tlength_bytes = 2_880;
         limits.apply(&mut small);
-        assert_eq!(small.tlength_bytes, 1_920, "smaller buffers are kept");
+        assert_eq!(small.tlength_bytes, 2_880, "15 ms is kept");
+        small.tlength_bytes = 192;
+        limits.apply(&mut small);
+        assert_eq!(
+            small.tlength_bytes, 1_920,
+            "1 ms is raised to the 10 ms floor"
+        );
+        let floor = StreamLimits {
+            min_latency_usec: Some(40_000),
+            max_latency_usec: Some(30_000),
+            ..StreamLimits::default()
+        };
+        assert_eq!(
+            floor.cap_buffer(&small.spec, 192),
+            5_760,
+            "the limit wins over the floor"
+        );
+        let spec = &small.spec;
+        assert_eq!(StreamLimits::default().cap_buffer(spec, 0), 1_920);
+        assert_eq!(
+            StreamLimits::default().cap_buffer(spec, 1_000_000),
+            1_000_000
+        );
     }
 }

@@ -2,15 +2,11 @@
 //! what it plays to `host-playd` on the host, over the narrow secure-tunnel
 //! protocol, and reports the latency the host's clock implies.
 //!
-//! - [`config`]: the module's arguments, validated (pure);
-//! - [`engine`]: what the IO thread decides: rendering, flow control,
-//!   latency, reconnection (safe Rust, no PulseAudio calls);
-//! - [`session`]: one connection's protocol and timing state (pure);
-//! - [`transport`]: sockets, connecting and the handshake;
-//! - `pulse`: the one thin FFI layer (entry points, sink, IO thread).
+//! Everything the IO thread decides (configuration, engine, session,
+//! transport) lives in the `secure-tunnel-guest` crate, shared with the
+//! PipeWire front end; this crate is only the thin FFI layer in `pulse`
+//! (entry points, sink, IO thread), the one place `unsafe` is allowed.
+#![deny(unsafe_code)]
 
-pub mod config;
-pub mod engine;
+#[allow(unsafe_code)] // The FFI layer; every block carries a `// SAFETY:`.
 mod pulse;
-pub mod session;
-pub mod transport;

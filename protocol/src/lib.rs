@@ -1,4 +1,5 @@
-//! The secure-tunnel wire protocol, shared by the guest module and host-playd.
+//! The secure-tunnel wire protocol, shared by the guest module and host-playd,
+//! and the one grammar of their endpoint addresses ([`addr`]).
 //!
 //! Every frame on the byte stream is a little-endian `u32` length followed by
 //! exactly that many bytes holding one bincode-encoded message. The length is
@@ -9,11 +10,13 @@
 //! `tests/golden.rs` keep the format from drifting.
 #![forbid(unsafe_code)]
 
+pub mod addr;
 mod codec;
 mod error;
 mod messages;
 mod spec;
 
+pub use addr::{AddrError, Address, VSOCK_CID_ANY};
 pub use codec::{
     encode_audio_frame, encode_frame, read_frame, write_frame, FrameReader, WireMessage,
 };

@@ -9,10 +9,12 @@
 mod binaries;
 mod error;
 pub mod latency;
+mod legit;
 pub mod netns;
 mod pactl;
 mod playd;
 mod process;
+pub mod proctree;
 mod pulse;
 mod record;
 pub mod robust;
@@ -20,10 +22,12 @@ pub mod signal;
 mod stack;
 mod tempdir;
 pub mod vm;
+pub mod wire;
 
 pub use binaries::{host_playd, module_library, pulse_module_dir, target_dir, workspace_root};
 pub use error::HarnessError;
-pub use pactl::{parse_sinks, SinkInfo};
+pub use legit::{LegitGuest, LegitReport};
+pub use pactl::{parse_sinks, sink_input_count, SinkInfo};
 pub use playd::HostPlayd;
 pub use pulse::{guest_daemon, host_daemon, PulseDaemon, GUEST_SINK, HOST_SINK, MODULE_NAME};
 pub use record::{Player, Recorder, Recording};

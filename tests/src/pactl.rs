@@ -1,5 +1,13 @@
 //! Reading `pactl list sinks` (run with `LC_ALL=C`).
 
+use crate::{HarnessError, PulseDaemon};
+
+/// How many sink-inputs (playback streams) `daemon` has now.
+pub fn sink_input_count(daemon: &PulseDaemon) -> Result<usize, HarnessError> {
+    let text = daemon.pactl_ok(&["list", "short", "sink-inputs"])?;
+    Ok(text.lines().filter(|l| !l.trim().is_empty()).count())
+}
+
 /// The fields of one sink block the tests look at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SinkInfo {

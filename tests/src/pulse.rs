@@ -88,10 +88,13 @@ impl PulseDaemon {
         let config = dir.subdir("config")?;
         // `-n` skips default.pa but daemon.conf is still read: fix the default
         // format so nothing in a daemon resamples behind the tests' back.
+        // PulseAudio's own descriptor limit (256) ends at about 40 tunnel
+        // sinks with a client each; the cost benchmark loads 64.
         std::fs::write(
             config.join("daemon.conf"),
             "default-sample-format = s16le\ndefault-sample-rate = 48000\n\
-             alternate-sample-rate = 48000\ndefault-sample-channels = 2\n",
+             alternate-sample-rate = 48000\ndefault-sample-channels = 2\n\
+             rlimit-nofile = 4096\n",
         )
         .map_err(|e| HarnessError::io("writing daemon.conf", e))?;
         let log_file = File::create(&log)

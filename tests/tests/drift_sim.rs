@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 
 use host_playd::backend::null::NullClock;
 use host_playd::session::{Action, Event, Session};
-use module_secure_tunnel_sink::session::{Activity, TunnelSession};
+use secure_tunnel_guest::session::{Activity, TunnelSession};
 use secure_tunnel_protocol::{
     GuestMessage, Hello, HostMessage, SampleFormat, StreamSpec, MAGIC, PROTOCOL_VERSION,
 };

@@ -13,9 +13,9 @@ use secure_tunnel_protocol::{SampleFormat, StreamSpec, MAX_AUDIO_CHUNK};
 use super::log::pa_log;
 use super::modargs::{cstring, Modargs};
 use super::no_unwind;
-use crate::config::{RawArgs, TunnelConfig};
-use crate::engine::{Engine, Event, Stats};
-use crate::session::Activity;
+use secure_tunnel_guest::config::{RawArgs, TunnelConfig};
+use secure_tunnel_guest::engine::{Engine, Event, Stats};
+use secure_tunnel_guest::session::Activity;
 
 const VALID_ARGS: &[&CStr] = &[
     c"server",

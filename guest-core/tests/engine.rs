@@ -9,9 +9,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use module_secure_tunnel_sink::config::{RawArgs, TunnelConfig};
-use module_secure_tunnel_sink::engine::{Engine, Event};
-use module_secure_tunnel_sink::session::Activity;
+use secure_tunnel_guest::config::{RawArgs, TunnelConfig};
+use secure_tunnel_guest::engine::{Engine, Event};
+use secure_tunnel_guest::session::Activity;
 use secure_tunnel_protocol::{
     read_frame, write_frame, Accept, ClockReport, GuestMessage, Hello, HostMessage, SampleFormat,
     StreamSpec, PROTOCOL_VERSION,

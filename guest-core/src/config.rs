@@ -1,10 +1,7 @@
 //! The module's arguments once PulseAudio's modargs parser has split them:
 //! validated here in plain Rust so every rule is unit-tested.
 
-use std::fmt;
-use std::path::PathBuf;
-use std::str::FromStr;
-
+use secure_tunnel_protocol::Address;
 use thiserror::Error;
 
 /// Default end-to-end latency target.
@@ -36,87 +33,21 @@ pub enum ConfigError {
     },
 }
 
-/// Where host-playd listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerAddr {
-    Unix(PathBuf),
-    Tcp { host: String, port: u16 },
-    Vsock { cid: u32, port: u32 },
-}
+/// Where host-playd listens: the shared grammar of
+/// [`secure_tunnel_protocol::addr`], restricted to addresses a guest can
+/// connect to.
+pub type ServerAddr = Address;
 
-impl fmt::Display for ServerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ServerAddr::Unix(path) => write!(f, "unix:{}", path.display()),
-            ServerAddr::Tcp { host, port } if host.contains(':') => {
-                write!(f, "tcp:[{host}]:{port}")
-            }
-            ServerAddr::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
-            ServerAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
-        }
-    }
-}
-
-fn bad_server(value: &str, reason: &str) -> ConfigError {
-    ConfigError::BadServer {
-        value: value.to_owned(),
-        reason: reason.to_owned(),
-    }
-}
-
-impl FromStr for ServerAddr {
-    type Err = ConfigError;
-
-    fn from_str(value: &str) -> Result<Self, ConfigError> {
-        let (scheme, rest) = value.split_once(':').ok_or_else(|| {
-            bad_server(value, "expected unix:PATH, tcp:HOST:PORT or vsock:CID:PORT")
-        })?;
-        match scheme {
-            "unix" => {
-                if rest.is_empty() {
-                    return Err(bad_server(value, "empty socket path"));
-                }
-                Ok(ServerAddr::Unix(PathBuf::from(rest)))
-            }
-            "tcp" => {
-                let (host, port) = rest
-                    .rsplit_once(':')
-                    .ok_or_else(|| bad_server(value, "expected tcp:HOST:PORT"))?;
-                let host = host
-                    .strip_prefix('[')
-                    .and_then(|h| h.strip_suffix(']'))
-                    .unwrap_or(host);
-                if host.is_empty() {
-                    return Err(bad_server(value, "empty host"));
-                }
-                let port = port
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|&p| p != 0)
-                    .ok_or_else(|| bad_server(value, "port must be 1..=65535"))?;
-                Ok(ServerAddr::Tcp {
-                    host: host.to_owned(),
-                    port,
-                })
-            }
-            "vsock" => {
-                let (cid, port) = rest
-                    .split_once(':')
-                    .ok_or_else(|| bad_server(value, "expected vsock:CID:PORT"))?;
-                let cid = cid
-                    .parse::<u32>()
-                    .map_err(|_| bad_server(value, "CID must be a number"))?;
-                let port = port
-                    .parse::<u32>()
-                    .map_err(|_| bad_server(value, "port must be a number"))?;
-                Ok(ServerAddr::Vsock { cid, port })
-            }
-            other => Err(bad_server(
-                value,
-                &format!("unknown transport `{other}` (use unix, tcp or vsock)"),
-            )),
-        }
-    }
+/// Parses a `server=` value with the shared grammar and the connect-only
+/// rules, phrasing any error for the log line that fails the load.
+pub fn parse_server(value: &str) -> Result<ServerAddr, ConfigError> {
+    value
+        .parse::<Address>()
+        .and_then(Address::connect_target)
+        .map_err(|e| ConfigError::BadServer {
+            value: value.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 /// The raw text of the arguments this module reads itself (PulseAudio's own
@@ -196,8 +127,8 @@ impl TunnelConfig {
         let server = args
             .server
             .filter(|s| !s.is_empty())
-            .ok_or(ConfigError::MissingServer)?
-            .parse()?;
+            .ok_or(ConfigError::MissingServer)
+            .and_then(parse_server)?;
         let sink_name = args.sink_name.unwrap_or(DEFAULT_SINK_NAME);
         check_sink_name(sink_name)?;
         let latency_msec = parse_msec(
@@ -258,24 +189,22 @@ mod tests {
     #[test]
     fn parses_every_transport() {
         assert_eq!(
-            "unix:/run/playd.sock".parse(),
+            parse_server("unix:/run/playd.sock"),
             Ok(ServerAddr::Unix("/run/playd.sock".into()))
         );
         assert_eq!(
-            "tcp:10.0.0.1:4713".parse(),
+            parse_server("tcp:10.0.0.1:4713"),
             Ok(ServerAddr::Tcp {
                 host: "10.0.0.1".into(),
                 port: 4713
             })
         );
         assert_eq!(
-            "tcp:[::1]:4713"
-                .parse::<ServerAddr>()
-                .map(|a| a.to_string()),
+            parse_server("tcp:[::1]:4713").map(|a| a.to_string()),
             Ok("tcp:[::1]:4713".to_owned())
         );
         assert_eq!(
-            "vsock:2:5000".parse(),
+            parse_server("vsock:2:5000"),
             Ok(ServerAddr::Vsock { cid: 2, port: 5000 })
         );
     }
@@ -292,8 +221,9 @@ mod tests {
             "vsock:x:1",
             "vsock:2",
             "noscheme",
+            "vsock:any:5000",
         ] {
-            let err = bad.parse::<ServerAddr>().unwrap_err();
+            let err = parse_server(bad).unwrap_err();
             assert!(
                 matches!(&err, ConfigError::BadServer { value, .. } if value == bad),
                 "{bad}: {err}"
