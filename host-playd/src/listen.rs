@@ -341,7 +341,7 @@ impl Listener {
                                 None => conn.shutdown_both(),
                             }
                         };
-                    if let Admission::Denied { reason } = shared.policy.admit(&identity) {
+                    if let Admission::Denied { reason } = shared.policy.admit_on(Some(&name), &identity) {
                         refuse(conn, Some(RejectReason::NotAllowed), &reason);
                         continue;
                     }
