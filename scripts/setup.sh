@@ -29,9 +29,13 @@ packages=(
   pulseaudio pulseaudio-utils libpulse-dev libltdl-dev
   clang libclang-dev pkg-config dpkg-dev xz-utils ca-certificates
   sox iproute2 procps systemd valgrind
+  # PulseAudio's own test programs built by tests/src/patests.rs (libcheck)
+  check
   build-essential debhelper lintian debootstrap
   # the PipeWire front end (secure-tunnel-pipewire) and its tests
   libpipewire-0.3-dev pipewire pipewire-bin wireplumber pipewire-pulse
+  qemu-system-x86 busybox-static cpio   # scripts/vm-test.sh
+  systemd-container                     # scripts/systemd-test.sh
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -28,6 +28,29 @@ const MAX_BACKLOG: usize = 512 * 1024;
 /// Longest sleep of the IO thread when nothing is due.
 const MAX_SLEEP_USEC: u64 = 1_000_000;
 
+/// The latency target announced to the host for an application's request
+/// (`None`: no request): at least `min_usec`, at most `cap_usec` (the
+/// configured `latency_msec`) and the protocol's maximum.
+///
+/// Why the cap is `latency_msec` and not the client's request: the host's
+/// buffer is there to ride out network and scheduling jitter, which is a
+/// property of the link (what `latency_msec` is configured for), not of the
+/// client. Audio handed to the host can no longer be rewritten by the guest,
+/// starts playing only once the host holds its target (`prebuf`), and is
+/// pulled from the guest faster than real time while the host fills up. So
+/// the host holds `latency_msec`, and a client's larger buffer stays in the
+/// guest's sink-input queue, exactly as with a local sound card whose
+/// hardware buffer is smaller than the client's request (module-tunnel-sink-new
+/// does the same with a fixed 200 ms cap).
+pub fn host_target_usec(requested_usec: Option<u64>, min_usec: u64, cap_usec: u64) -> u32 {
+    let cap = cap_usec.max(min_usec);
+    let wanted = requested_usec
+        .unwrap_or(cap)
+        .clamp(min_usec, cap)
+        .min(u64::from(MAX_TARGET_LATENCY_USEC));
+    u32::try_from(wanted).unwrap_or(MAX_TARGET_LATENCY_USEC)
+}
+
 /// Something worth a line in PulseAudio's log or a sink property, produced
 /// only on transitions so the IO thread never floods either.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,14 +183,15 @@ impl Engine {
     }
 
     /// An application asked for a latency (`None`: no request, so the
-    /// configured `latency_msec`); clamped to the offered range.
+    /// configured `latency_msec`). The host buffers at most `latency_msec`
+    /// whatever is asked: a larger request (a default client asks ~1–2 s)
+    /// stays in the guest's own queues, where the sound server can still
+    /// rewrite it, instead of sizing the host's buffer and start threshold
+    /// (see [`host_target_usec`] and docs/design.md, "Start-up").
     pub fn set_requested_latency(&mut self, usec: Option<u64>) {
-        let (min, max) = self.latency_range_usec();
-        let wanted = usec
-            .unwrap_or(u64::from(self.config.latency_msec) * 1000)
-            .clamp(min, max)
-            .min(u64::from(MAX_TARGET_LATENCY_USEC));
-        self.target_latency_usec = u32::try_from(wanted).unwrap_or(MAX_TARGET_LATENCY_USEC);
+        let (min, _) = self.latency_range_usec();
+        let cap = u64::from(self.config.latency_msec) * 1000;
+        self.target_latency_usec = host_target_usec(usec, min, cap);
     }
 
     /// How many bytes to render now.
@@ -388,5 +412,24 @@ impl Engine {
         self.link = Link::Idle {
             next_attempt: u64::MAX,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_target_usec;
+
+    #[test]
+    fn the_host_never_buffers_more_than_latency_msec() {
+        // A default client (~2 s) gets the configured 60 ms.
+        assert_eq!(host_target_usec(Some(2_000_000), 60_000, 60_000), 60_000);
+        // No request: the configured latency.
+        assert_eq!(host_target_usec(None, 60_000, 60_000), 60_000);
+        // Smaller requests are honoured down to min_latency_msec.
+        assert_eq!(host_target_usec(Some(15_000), 10_000, 60_000), 15_000);
+        assert_eq!(host_target_usec(Some(1_000), 10_000, 60_000), 10_000);
+        // Never beyond the protocol's maximum.
+        let max = secure_tunnel_protocol::MAX_TARGET_LATENCY_USEC;
+        assert_eq!(host_target_usec(Some(u64::MAX), 0, u64::MAX), max);
     }
 }

@@ -22,7 +22,8 @@ pub enum Activity {
     /// Opened without playing inputs: let the host play out what it has,
     /// then cork, so no silence is streamed.
     Idle,
-    /// Closed: cork at once.
+    /// Closed: nothing more is rendered; the host plays out what it holds,
+    /// then corks.
     Suspended,
 }
 
@@ -110,14 +111,18 @@ impl TunnelSession {
                 self.flow = Flow::Streaming;
                 self.next_ping = now;
             }
-            (Activity::Idle, Flow::Streaming) => {
+            // Suspended mid-playback: like idle, the host plays out what
+            // was rendered before it corks. The guest's sound server has
+            // consumed that audio from its inputs and will not give it
+            // again, so corking at once would lose up to the host's buffer
+            // (docs/design.md, "Suspend and cork").
+            (Activity::Idle | Activity::Suspended, Flow::Streaming) => {
                 self.flow = Flow::Draining {
                     until: self.rendered,
                 };
                 self.check_drained(now);
             }
-            (Activity::Idle, _) => {}
-            (Activity::Suspended, _) => self.cork(),
+            (Activity::Idle | Activity::Suspended, _) => {}
         }
     }
 
@@ -240,5 +245,87 @@ impl TunnelSession {
     /// The host clock as mapped onto the guest's, for tests and diagnostics.
     pub fn clock(&self) -> &ClockMapper {
         &self.clock
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secure_tunnel_protocol::SampleFormat;
+
+    /// 48 kHz stereo s16: 192 bytes per millisecond.
+    fn spec() -> StreamSpec {
+        StreamSpec {
+            format: SampleFormat::S16Le,
+            rate: 48_000,
+            channel_map: vec![1, 2],
+        }
+    }
+
+    fn report(at: u64, played: u64, received: u64) -> HostMessage {
+        HostMessage::Clock(ClockReport {
+            host_time_usec: at,
+            received_bytes: received,
+            played_bytes: played,
+            device_latency_usec: 0,
+            underruns: 0,
+            playing: true,
+        })
+    }
+
+    fn corks(session: &mut TunnelSession) -> usize {
+        session
+            .drain_outgoing()
+            .filter(|m| matches!(m, GuestMessage::Cork))
+            .count()
+    }
+
+    #[test]
+    fn suspend_mid_playback_plays_out_what_was_rendered_then_corks() {
+        let mut s = TunnelSession::new(spec(), 0, 60_000, Activity::Running);
+        s.on_message(
+            HostMessage::Credit {
+                limit_bytes: 60 * 192,
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(s.render_budget(), 60 * 192);
+        s.on_rendered(60 * 192);
+        s.on_message(report(0, 0, 60 * 192), 0).unwrap();
+        let _ = s.drain_outgoing().count();
+
+        s.set_activity(Activity::Suspended, 1_000);
+        assert_eq!(corks(&mut s), 0, "not corked while the host holds audio");
+        assert_eq!(s.render_budget(), s.credit.available());
+        s.poll(30_000, 60_000).unwrap();
+        assert!(!s.is_corked(), "half of it still unplayed at 30 ms");
+        s.poll(60_000, 60_000).unwrap();
+        assert!(s.is_corked(), "corked once all 60 ms are played");
+        assert_eq!(corks(&mut s), 1);
+        assert_eq!(s.render_budget(), 0);
+    }
+
+    #[test]
+    fn resume_while_playing_out_keeps_streaming_without_flush() {
+        let mut s = TunnelSession::new(spec(), 0, 60_000, Activity::Running);
+        s.on_rendered(0);
+        s.on_message(report(0, 0, 0), 0).unwrap();
+        s.on_rendered(1920);
+        let _ = s.drain_outgoing().count();
+        s.set_activity(Activity::Suspended, 0);
+        s.set_activity(Activity::Running, 5_000);
+        let sent: Vec<_> = s.drain_outgoing().collect();
+        assert!(sent
+            .iter()
+            .all(|m| !matches!(m, GuestMessage::Flush | GuestMessage::Cork)));
+        assert!(!s.is_corked());
+    }
+
+    #[test]
+    fn a_session_opened_suspended_corks_at_once() {
+        let mut s = TunnelSession::new(spec(), 0, 60_000, Activity::Suspended);
+        assert_eq!(corks(&mut s), 1);
+        assert!(s.is_corked());
     }
 }

@@ -21,7 +21,8 @@
 //!
 //! [[rule]]                   # the first matching rule decides
 //! name = "music-vm"
-//! vsock_cid = 3              # or unix_uid, unix_gid, tcp = "10.0.0.0/24"
+//! vsock_cid = 3              # or unix_uid, unix_gid, tcp = "10.0.0.0/24",
+//!                            # listen = "unix:/run/host-playd/vm1.vsock_5000"
 //! allow = true
 //! max_streams = 1
 //! formats = ["s16le"]
@@ -29,6 +30,7 @@
 //! rate_max = 48000
 //! max_channels = 2
 //! max_latency_ms = 500
+//! min_latency_ms = 20        # default 10: smaller requests are raised
 //! volume_percent = 80
 //! stream_name = "Music VM"
 //! ```
@@ -169,6 +171,7 @@ struct RawDefaults {
     rate_max: Option<Spanned<u32>>,
     max_channels: Option<Spanned<u8>>,
     max_latency_ms: Option<Spanned<u32>>,
+    min_latency_ms: Option<Spanned<u32>>,
     volume_percent: Option<Spanned<u8>>,
     stream_name: Option<Spanned<String>>,
 }
@@ -181,6 +184,7 @@ struct RawRule {
     unix_gid: Option<u32>,
     tcp: Option<RawCidr>,
     vsock_cid: Option<u32>,
+    listen: Option<String>,
     allow: Option<bool>,
     max_streams: Option<Spanned<u32>>,
     formats: Option<Vec<FormatName>>,
@@ -188,6 +192,7 @@ struct RawRule {
     rate_max: Option<Spanned<u32>>,
     max_channels: Option<Spanned<u8>>,
     max_latency_ms: Option<Spanned<u32>>,
+    min_latency_ms: Option<Spanned<u32>>,
     volume_percent: Option<Spanned<u8>>,
     stream_name: Option<Spanned<String>>,
 }
@@ -246,6 +251,7 @@ pub fn parse(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
             rate_max: &d.rate_max,
             max_channels: &d.max_channels,
             max_latency_ms: &d.max_latency_ms,
+            min_latency_ms: &d.min_latency_ms,
             volume_percent: &d.volume_percent,
             stream_name: &d.stream_name,
         },
@@ -267,12 +273,15 @@ pub fn parse(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
         if let Some(cid) = r.vsock_cid {
             matchers.push(Matcher::VsockCid(cid));
         }
+        if let Some(name) = &r.listen {
+            matchers.push(Matcher::Listen(name.clone()));
+        }
         if matchers.len() != 1 {
             return Err(at.error(
                 spanned.span(),
                 "unix_uid",
                 &format!(
-                    "rule {:?} needs exactly one of unix_uid, unix_gid, tcp, vsock_cid (has {})",
+                    "rule {:?} needs exactly one of unix_uid, unix_gid, tcp, vsock_cid, listen (has {})",
                     r.name,
                     matchers.len()
                 ),
@@ -294,6 +303,7 @@ pub fn parse(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
                 rate_max: &r.rate_max,
                 max_channels: &r.max_channels,
                 max_latency_ms: &r.max_latency_ms,
+                min_latency_ms: &r.min_latency_ms,
                 volume_percent: &r.volume_percent,
                 stream_name: &r.stream_name,
             },
@@ -329,6 +339,7 @@ struct LimitFields<'a> {
     rate_max: &'a Option<Spanned<u32>>,
     max_channels: &'a Option<Spanned<u8>>,
     max_latency_ms: &'a Option<Spanned<u32>>,
+    min_latency_ms: &'a Option<Spanned<u32>>,
     volume_percent: &'a Option<Spanned<u8>>,
     stream_name: &'a Option<Spanned<String>>,
 }
@@ -362,6 +373,16 @@ fn stream_limits(at: &Locator<'_>, f: LimitFields<'_>) -> Result<StreamLimits, C
             return Err(at.error(s.span(), "max_latency_ms", "must be 1..=10000"));
         }
     }
+    if let Some(s) = f.min_latency_ms {
+        if !(1..=10_000).contains(s.get_ref()) {
+            return Err(at.error(s.span(), "min_latency_ms", "must be 1..=10000"));
+        }
+        if let Some(max) = f.max_latency_ms {
+            if s.get_ref() > max.get_ref() {
+                return Err(at.error(s.span(), "min_latency_ms", "is above max_latency_ms"));
+            }
+        }
+    }
     if let Some(s) = f.volume_percent {
         if *s.get_ref() > 100 {
             return Err(at.error(
@@ -391,6 +412,7 @@ fn stream_limits(at: &Locator<'_>, f: LimitFields<'_>) -> Result<StreamLimits, C
         rate_max: value(f.rate_max),
         max_channels: f.max_channels.as_ref().map(|s| *s.get_ref()),
         max_latency_usec: value(f.max_latency_ms).map(|ms| u64::from(ms) * 1000),
+        min_latency_usec: value(f.min_latency_ms).map(|ms| u64::from(ms) * 1000),
         volume_percent: f.volume_percent.as_ref().map(|s| *s.get_ref()),
         stream_name: f.stream_name.as_ref().map(|s| s.get_ref().clone()),
     })
@@ -478,6 +500,7 @@ rate_min = 44100
 rate_max = 48000
 max_channels = 2
 max_latency_ms = 500
+min_latency_ms = 20
 volume_percent = 80
 stream_name = "Music VM"
 
@@ -524,6 +547,7 @@ allow = false
                 rate_max: Some(48_000),
                 max_channels: Some(2),
                 max_latency_usec: Some(500_000),
+                min_latency_usec: Some(20_000),
                 volume_percent: Some(80),
                 stream_name: Some("Music VM".into()),
             }
@@ -533,6 +557,21 @@ allow = false
             Matcher::Tcp("192.168.0.0/24".parse().unwrap())
         );
         assert!(!p.rules[2].allow);
+    }
+
+    #[test]
+    fn a_rule_matches_the_listener_that_accepted() {
+        let c = parse(
+            "[[rule]]\nname = \"vm1\"\nlisten = \"unix:/run/host-playd/vm1.vsock_5000\"\nmax_streams = 1\n",
+            "vms.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.policy.rules[0].matcher,
+            Matcher::Listen("unix:/run/host-playd/vm1.vsock_5000".into())
+        );
+        let e = error("[[rule]]\nname = \"two\"\nlisten = \"unix:/a\"\nunix_uid = 0\n");
+        assert!(e.to_string().contains("listen (has 2)"), "{e}");
     }
 
     #[test]

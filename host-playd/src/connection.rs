@@ -18,6 +18,8 @@ use std::time::Duration;
 use secure_tunnel_protocol::{read_frame, write_frame, GuestMessage, HostMessage, ProtocolError};
 use vsock::VsockStream;
 
+use crate::admission::HandshakeSlot;
+use crate::budget::MessageBudget;
 use crate::clock::HostClock;
 use crate::engine::{ClientId, Command, EngineHandle};
 use crate::policy::PeerIdentity;
@@ -34,6 +36,8 @@ pub trait Conn: Read + Write + Send + 'static {
     fn try_clone_conn(&self) -> io::Result<Box<dyn Conn>>;
     /// Ends both directions; errors mean it is already closed.
     fn shutdown_both(&self);
+    /// Ends the sending direction only.
+    fn shutdown_write(&self);
     /// Bounds blocking writes.
     fn set_write_timeout_conn(&self, timeout: Duration) -> io::Result<()>;
 }
@@ -47,6 +51,9 @@ macro_rules! impl_conn {
             }
             fn shutdown_both(&self) {
                 let _ = self.shutdown(Shutdown::Both);
+            }
+            fn shutdown_write(&self) {
+                let _ = self.shutdown(Shutdown::Write);
             }
             fn set_write_timeout_conn(&self, timeout: Duration) -> io::Result<()> {
                 self.set_write_timeout(Some(timeout))
@@ -83,16 +90,34 @@ pub struct Counters {
     pub writers: Arc<AtomicUsize>,
 }
 
+/// A connection the acceptor let in.
+#[allow(missing_debug_implementations)]
+pub struct Accepted {
+    pub id: ClientId,
+    pub conn: Box<dyn Conn>,
+    /// The listener and peer, as logs show them.
+    pub peer: String,
+    /// The listener's name alone, for the policy's `listen` rules.
+    pub listener: String,
+    pub identity: PeerIdentity,
+    pub slot: HandshakeSlot,
+}
+
 /// Starts the reader and writer threads of a freshly accepted connection.
 pub fn spawn(
-    id: ClientId,
-    conn: Box<dyn Conn>,
-    peer: String,
-    identity: PeerIdentity,
+    accepted: Accepted,
     engine: EngineHandle,
     clock: HostClock,
     counters: &Counters,
 ) -> io::Result<()> {
+    let Accepted {
+        id,
+        conn,
+        peer,
+        listener,
+        identity,
+        slot,
+    } = accepted;
     let writer_conn = conn.try_clone_conn()?;
     writer_conn.set_write_timeout_conn(WRITE_TIMEOUT)?;
     let (outgoing, queue) = mpsc::sync_channel(OUTGOING_QUEUE);
@@ -110,8 +135,10 @@ pub fn spawn(
         .send(Command::Connect {
             id,
             peer,
+            listener,
             identity,
             outgoing,
+            slot: Some(slot),
         })
         .is_err()
     {
@@ -130,10 +157,16 @@ pub fn spawn(
 
 fn read_loop(id: ClientId, conn: Box<dyn Conn>, engine: &EngineHandle, clock: HostClock) {
     let mut reader = BufReader::with_capacity(64 * 1024, conn);
+    let mut budget = MessageBudget::default();
     loop {
         match read_frame::<GuestMessage, _>(&mut reader) {
             Ok(message) => {
                 let at_usec = clock.now_usec();
+                if let Err(reason) = budget.charge(at_usec, &message) {
+                    // Nothing more is read: the engine says why and closes.
+                    let _ = engine.send(Command::OverBudget { id, reason });
+                    break;
+                }
                 let command = Command::Message {
                     id,
                     message,

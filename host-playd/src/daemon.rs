@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::admission::HandshakeSlots;
 use crate::backend::null::NullBackend;
 use crate::backend::pulse::{PulseBackend, PulseConfig};
 use crate::backend::{AudioBackend, BackendError};
 use crate::clock::HostClock;
 use crate::connection::Counters;
 use crate::engine::{self, Command, Engine, EngineConfig, WakeReceiver};
-use crate::listen::{BindError, ListenAddr, Listener};
+use crate::listen::{Acceptance, BindError, ListenAddr, Listener};
 use crate::policy::{Matcher, Policy};
 use crate::sandbox::{self, ResourceLimits, SandboxConfig, SandboxError, SandboxMode};
 
@@ -183,18 +184,20 @@ impl Daemon {
             policy: Arc::clone(&self.config.policy),
         };
         let counters = Counters::default();
-        let next_id = Arc::new(AtomicU64::new(1));
-        let max_connections = self.config.max_clients + EXTRA_CONNECTIONS;
+        let acceptance = Acceptance {
+            engine: handle.clone(),
+            clock,
+            counters: counters.clone(),
+            next_id: Arc::new(AtomicU64::new(1)),
+            max_connections: self.config.max_clients + EXTRA_CONNECTIONS,
+            policy: Arc::clone(&self.config.policy),
+            slots: HandshakeSlots::default(),
+        };
         for listener in &self.listeners {
-            listener.spawn_acceptor(
-                handle.clone(),
-                clock,
-                counters.clone(),
-                Arc::clone(&next_id),
-                max_connections,
-            )?;
+            listener.spawn_acceptor(acceptance.clone())?;
             log::info!("listening on {}", listener.name());
         }
+        drop(acceptance);
 
         let engine_done = AtomicBool::new(false);
         let stats_request = self.stats_request.take();

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use secure_tunnel_protocol::{GuestMessage, HostMessage, RejectReason};
 use thiserror::Error;
 
+use crate::admission::HandshakeSlot;
 use crate::backend::{AudioBackend, StreamEvent, StreamId, StreamStatus};
 use crate::clock::{HostClock, RateLimit};
 use crate::policy::{Admission, IdentityKey, PeerIdentity, Policy};
@@ -42,9 +43,14 @@ pub enum Command {
     Connect {
         id: ClientId,
         peer: String,
+        /// The name of the listener that accepted it (`unix:/path`, ...),
+        /// for the policy's `listen` rules.
+        listener: String,
         /// Who the kernel says the peer is; the policy decides on it.
         identity: PeerIdentity,
         outgoing: SyncSender<HostMessage>,
+        /// Held until the session leaves its handshake.
+        slot: Option<HandshakeSlot>,
     },
     /// A decoded message, with the host time at which it was read.
     Message {
@@ -54,6 +60,9 @@ pub enum Command {
     },
     /// The guest's bytes could not be decoded; its connection is over.
     ProtocolError { id: ClientId, error: String },
+    /// The guest sent more than its budget allows (see [`crate::budget`]);
+    /// nothing more is read from it.
+    OverBudget { id: ClientId, reason: String },
     /// The guest's connection closed.
     Disconnected { id: ClientId },
     /// Say goodbye to every guest and stop.
@@ -196,6 +205,8 @@ struct Client {
     identity: PeerIdentity,
     admission: Admission,
     outgoing: Option<SyncSender<HostMessage>>,
+    /// The handshake slot, until the session leaves the handshake.
+    slot: Option<HandshakeSlot>,
     /// Host time of the last message from the guest (or of the connect).
     last_heard_usec: u64,
     /// The stream's spec once it is being opened.
@@ -206,6 +217,8 @@ struct Client {
     last_status: Option<StreamStatus>,
     /// Connections from this peer's uid, IP address or CID so far.
     connections: u64,
+    /// This guest's share of the log.
+    logs: RateLimit,
 }
 
 impl Client {
@@ -281,7 +294,7 @@ impl<B: AudioBackend> Engine<B> {
             clients: HashMap::new(),
             actions: Vec::new(),
             events: Vec::new(),
-            peer_logs: RateLimit::new(20, Duration::from_secs(1)),
+            peer_logs: RateLimit::new(PEER_LOG_BUDGET, Duration::from_secs(1)),
             shutting_down: false,
             stats_request: None,
             connections: HashMap::new(),
@@ -352,8 +365,10 @@ impl<B: AudioBackend> Engine<B> {
             Command::Connect {
                 id,
                 peer,
+                listener,
                 identity,
                 outgoing,
+                slot,
             } => {
                 if self.shutting_down {
                     return;
@@ -362,7 +377,7 @@ impl<B: AudioBackend> Engine<B> {
                     u64::try_from(self.config.handshake_timeout.as_micros()).unwrap_or(u64::MAX);
                 let now = self.clock.now_usec();
                 let session = Session::new(now, timeout, &peer);
-                let admission = self.config.policy.admit(&identity);
+                let admission = self.config.policy.admit_on(Some(&listener), &identity);
                 let connections = {
                     let seen = self.connections.entry(identity.key()).or_insert(0);
                     *seen = seen.saturating_add(1);
@@ -379,21 +394,19 @@ impl<B: AudioBackend> Engine<B> {
                 } else {
                     String::new()
                 };
-                match &admission {
+                let line = match &admission {
                     Admission::Allowed {
                         rule: Some(rule), ..
                     } => {
-                        log::info!(
-                            "client {id} connected from {peer}{nth}, allowed by rule {rule:?}"
-                        );
+                        format!("client {id} connected from {peer}{nth}, allowed by rule {rule:?}")
                     }
                     Admission::Allowed { rule: None, .. } => {
-                        log::info!("client {id} connected from {peer}{nth}, allowed by default");
+                        format!("client {id} connected from {peer}{nth}, allowed by default")
                     }
                     Admission::Denied { reason } => {
-                        log::info!("client {id} connected from {peer}{nth}, not allowed: {reason}");
+                        format!("client {id} connected from {peer}{nth}, not allowed: {reason}")
                     }
-                }
+                };
                 self.clients.insert(
                     id,
                     Client {
@@ -402,13 +415,19 @@ impl<B: AudioBackend> Engine<B> {
                         identity,
                         admission,
                         outgoing: Some(outgoing),
+                        slot,
                         last_heard_usec: now,
                         spec: None,
                         connected_usec: now,
                         last_status: None,
                         connections,
+                        logs: RateLimit::new(CLIENT_LOG_BUDGET, CLIENT_LOG_WINDOW),
                     },
                 );
+                let own = self.clients.get_mut(&id).map(|c| &mut c.logs);
+                if let Some(note) = log_allowed(&mut self.peer_logs, own) {
+                    log::info!("{line}{note}");
+                }
             }
             Command::Message {
                 id,
@@ -424,15 +443,15 @@ impl<B: AudioBackend> Engine<B> {
                 let now = self.clock.now_usec();
                 self.dispatch(id, now, Event::ProtocolError(error));
             }
+            Command::OverBudget { id, reason } => {
+                let now = self.clock.now_usec();
+                self.dispatch(id, now, Event::ProtocolError(reason));
+            }
             Command::Disconnected { id } => {
-                if let Some(client) = self.clients.remove(&id) {
-                    log::info!(
-                        "client {id} ({}) disconnected {}",
-                        client.peer,
-                        client.summary(self.clock.now_usec())
-                    );
-                    if client.session.has_stream() {
-                        self.backend.close(id);
+                if let Some(mut client) = self.remove_client(id) {
+                    let summary = client.summary(self.clock.now_usec());
+                    if let Some(note) = log_allowed(&mut self.peer_logs, Some(&mut client.logs)) {
+                        log::info!("client {id} ({}) disconnected {summary}{note}", client.peer);
                     }
                 }
             }
@@ -508,16 +527,14 @@ impl<B: AudioBackend> Engine<B> {
     /// corks (which is why this is not a warning). Rate-limited like every
     /// per-peer log.
     fn log_underrun(&mut self, id: ClientId, before: u32, total: u32) {
-        if let Some(suppressed) = self.peer_logs.check(Instant::now()) {
-            let peer = self.clients.get(&id).map_or("?", |c| c.peer.as_str());
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if let Some(note) = log_allowed(&mut self.peer_logs, Some(&mut client.logs)) {
             log::info!(
-                "client {id} ({peer}): the host stream ran dry {} time(s), {total} in all{}",
+                "client {id} ({}): the host stream ran dry {} time(s), {total} in all{note}",
+                client.peer,
                 total - before,
-                if suppressed > 0 {
-                    format!(" ({suppressed} other messages suppressed)")
-                } else {
-                    String::new()
-                }
             );
         }
     }
@@ -532,6 +549,10 @@ impl<B: AudioBackend> Engine<B> {
             };
             let mut actions = std::mem::take(&mut self.actions);
             client.session.handle(now_usec, event, &mut actions);
+            if client.session.has_stream() || client.session.is_closed() {
+                // Out of the handshake: the slot is free for another.
+                client.slot = None;
+            }
             for action in actions.drain(..) {
                 if let Some(event) = self.apply(id, action) {
                     queue.push(event);
@@ -615,10 +636,17 @@ impl<B: AudioBackend> Engine<B> {
                 }
                 match self.backend.open(id, params) {
                     Ok(()) => None,
-                    Err(e) => Some(Event::OpenRefused {
-                        reason: RejectReason::ServerError,
-                        message: e.to_string(),
-                    }),
+                    Err(e) => {
+                        // The detail (server address, socket path) is for
+                        // the host's log, never for the guest.
+                        if let Some(note) = log_allowed(&mut self.peer_logs, None) {
+                            log::warn!("client {id}: cannot open a host stream: {e}{note}");
+                        }
+                        Some(Event::OpenRefused {
+                            reason: RejectReason::ServerError,
+                            message: "the host's audio server is unavailable".to_owned(),
+                        })
+                    }
                 }
             }
             Action::Write(data) => match self.backend.write(id, &data) {
@@ -647,21 +675,20 @@ impl<B: AudioBackend> Engine<B> {
                 None
             }
             Action::Close { reason, peer_fault } => {
-                let client = self.clients.remove(&id)?;
+                let mut client = self.remove_client(id)?;
                 let summary = client.summary(self.clock.now_usec());
                 // Dropping the sender lets the writer send what is queued,
                 // then shut the socket down.
-                drop(client.outgoing);
-                self.backend.close(id);
-                if peer_fault {
-                    if let Some(suppressed) = self.peer_logs.check(Instant::now()) {
-                        log::warn!(
-                            "client {id} ({}) closed: {reason} ({suppressed} similar lines suppressed)",
+                drop(client.outgoing.take());
+                if let Some(note) = log_allowed(&mut self.peer_logs, Some(&mut client.logs)) {
+                    if peer_fault {
+                        log::warn!("client {id} ({}) closed: {reason}{note}", client.peer);
+                    } else {
+                        log::info!(
+                            "client {id} ({}) closed: {reason}, {summary}{note}",
                             client.peer
                         );
                     }
-                } else {
-                    log::info!("client {id} ({}) closed: {reason}, {summary}", client.peer);
                 }
                 None
             }
@@ -670,7 +697,7 @@ impl<B: AudioBackend> Engine<B> {
 
     /// Says goodbye to a streaming guest that has been silent too long.
     fn close_idle(&mut self, id: ClientId, idle: Duration) {
-        let Some(client) = self.clients.remove(&id) else {
+        let Some(mut client) = self.remove_client(id) else {
             return;
         };
         let reason = format!("idle: no message for {} ms", idle.as_millis());
@@ -679,23 +706,62 @@ impl<B: AudioBackend> Engine<B> {
                 reason: bounded_text(&reason),
             });
         }
-        self.backend.close(id);
-        log::info!(
-            "client {id} ({}) closed: {reason}, {}",
-            client.peer,
-            client.summary(self.clock.now_usec())
-        );
+        let summary = client.summary(self.clock.now_usec());
+        if let Some(note) = log_allowed(&mut self.peer_logs, Some(&mut client.logs)) {
+            log::info!(
+                "client {id} ({}) closed: {reason}, {summary}{note}",
+                client.peer
+            );
+        }
     }
 
     fn drop_client(&mut self, id: ClientId, reason: &str) {
-        if let Some(client) = self.clients.remove(&id) {
-            self.backend.close(id);
-            if let Some(suppressed) = self.peer_logs.check(Instant::now()) {
-                log::warn!(
-                    "client {id} ({}) dropped: {reason} ({suppressed} similar lines suppressed)",
-                    client.peer
-                );
+        if let Some(mut client) = self.remove_client(id) {
+            if let Some(note) = log_allowed(&mut self.peer_logs, Some(&mut client.logs)) {
+                log::warn!("client {id} ({}) dropped: {reason}{note}", client.peer);
             }
         }
+    }
+
+    /// Forgets client `id`: closes its host stream (the backend finishes a
+    /// stream still being created), frees its handshake slot, and drops the
+    /// per-identity count once the identity has no connection left.
+    fn remove_client(&mut self, id: ClientId) -> Option<Client> {
+        let mut client = self.clients.remove(&id)?;
+        self.backend.close(id);
+        client.slot = None;
+        let key = client.identity.key();
+        if !self.clients.values().any(|c| c.identity.key() == key) {
+            self.connections.remove(&key);
+        }
+        Some(client)
+    }
+}
+
+/// Log lines one guest may cause per [`CLIENT_LOG_WINDOW`].
+pub const CLIENT_LOG_BUDGET: u32 = 10;
+/// See [`CLIENT_LOG_BUDGET`].
+pub const CLIENT_LOG_WINDOW: Duration = Duration::from_secs(10);
+/// Guest-triggered log lines per second, all guests together.
+pub const PEER_LOG_BUDGET: u32 = 20;
+
+/// Whether a guest-triggered log line may be written: within the guest's
+/// own budget (`own`, if the guest is known) and the daemon's (`global`).
+/// `Some` holds the note to append about lines held back.
+fn log_allowed(global: &mut RateLimit, own: Option<&mut RateLimit>) -> Option<String> {
+    let now = Instant::now();
+    let own = match own {
+        Some(own) => own.check(now)?,
+        None => 0,
+    };
+    let all = global.check(now)?;
+    Some(suppressed_note(own.saturating_add(all)))
+}
+
+fn suppressed_note(suppressed: u64) -> String {
+    if suppressed > 0 {
+        format!(" ({suppressed} similar lines suppressed)")
+    } else {
+        String::new()
     }
 }

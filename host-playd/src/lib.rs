@@ -10,8 +10,12 @@
 //! which adopts systemd's listening sockets by descriptor number.
 #![deny(unsafe_code)]
 
+/// Admission at accept time: handshake slots per identity and in total.
+pub mod admission;
 /// Audio outputs: the trait, PulseAudio, and the null test backend.
 pub mod backend;
+/// Per-guest message budgets (token buckets on an injected clock).
+pub mod budget;
 /// The command line.
 pub mod cli;
 /// The host clock and the log rate limiter.
@@ -37,6 +41,8 @@ pub mod stats;
 /// The one module with `unsafe`: adopting systemd's sockets.
 #[allow(unsafe_code)]
 pub mod sys;
+/// Guest text made safe for logs and host properties.
+pub mod text;
 
 pub use cli::Args;
 pub use daemon::{BackendChoice, Daemon, DaemonConfig, DaemonError, SandboxSettings};

@@ -4,10 +4,10 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, ErrorKind};
+use std::io::{self, ErrorKind, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -20,10 +20,13 @@ use nix::sys::socket::{self, sockopt, AddressFamily, SockaddrLike, SockaddrStora
 use thiserror::Error;
 use vsock::VsockListener;
 
+use secure_tunnel_protocol::{encode_frame, HostMessage, RejectReason};
+
+use crate::admission::HandshakeSlots;
 use crate::clock::{HostClock, RateLimit};
 use crate::connection::{self, Conn, Counters};
 use crate::engine::EngineHandle;
-use crate::policy::PeerIdentity;
+use crate::policy::{Admission, PeerIdentity, Policy};
 
 /// `VMADDR_CID_ANY`: listen on every context id of this host.
 pub const VSOCK_CID_ANY: u32 = u32::MAX;
@@ -142,6 +145,8 @@ pub enum BindError {
     InUse { addr: String },
     #[error("cannot listen on {addr}: the path exists and is not a socket")]
     NotASocket { addr: String },
+    #[error("cannot listen on {addr}: the path is a symbolic link (refused: remove it)")]
+    Symlink { addr: String },
     #[error("socket-activation descriptor {fd}: {reason}")]
     Inherited { fd: i32, reason: String },
     #[error(
@@ -183,12 +188,15 @@ impl Listener {
         match addr {
             ListenAddr::Unix(path) => {
                 remove_stale_socket(path, &name)?;
-                let listener = UnixListener::bind(path).map_err(io_err)?;
-                let meta = fs::metadata(path).map_err(io_err)?;
                 // Guests reach the socket through a VMM running as another
                 // user, so the file is world-writable; restrict access with
-                // the permissions of the directory holding it.
-                fs::set_permissions(path, fs::Permissions::from_mode(0o666)).map_err(io_err)?;
+                // the permissions of the directory holding it. The mode
+                // comes from the umask at bind(2), which creates the file
+                // and never follows a symlink: nothing is changed by path
+                // afterwards, so whoever can write the directory cannot
+                // make host-playd chmod another file.
+                let listener = bind_unix_0666(path).map_err(io_err)?;
+                let meta = fs::symlink_metadata(path).map_err(io_err)?;
                 Ok(Listener {
                     socket: Socket::Unix(listener),
                     name,
@@ -285,24 +293,24 @@ impl Listener {
     }
 
     /// Starts a thread accepting guests on this listener until the process
-    /// ends. At most `max_connections` connections are served at once; more
-    /// are closed at once (with a rate-limited log line).
-    pub fn spawn_acceptor(
-        &self,
-        engine: EngineHandle,
-        clock: HostClock,
-        counters: Counters,
-        next_id: Arc<AtomicU64>,
-        max_connections: usize,
-    ) -> io::Result<()> {
+    /// ends. A peer the policy denies is answered with a Reject and closed
+    /// before anything is read from it; an allowed one needs a handshake
+    /// slot (see [`crate::admission`]) and one of `max_connections`
+    /// connection slots. Refusals are logged at a bounded rate.
+    pub fn spawn_acceptor(&self, shared: Acceptance) -> io::Result<()> {
         let socket = self.try_clone_socket()?;
         let name = self.name.clone();
         thread::Builder::new()
             .name(format!("accept {name}"))
             .spawn(move || {
+                // Connection threads inherit this thread's niceness.
+                crate::sys::return_to_base_nice();
                 let mut limit = RateLimit::new(5, Duration::from_secs(10));
+                let mut lingering = Lingering::default();
                 loop {
-                    let (conn, peer, identity) = match accept(&socket) {
+                    let accepted = accept(&socket);
+                    lingering.expire(Instant::now());
+                    let (conn, peer, identity) = match accepted {
                         Ok(accepted) => accepted,
                         Err(e) => {
                             if limit.check(Instant::now()).is_some() {
@@ -312,29 +320,128 @@ impl Listener {
                             continue;
                         }
                     };
-                    if counters.readers.load(Ordering::SeqCst) >= max_connections {
-                        if limit.check(Instant::now()).is_some() {
-                            log::warn!("refusing {peer} on {name}: {max_connections} connections");
+                    let mut refuse = |conn: Box<dyn Conn>,
+                                      reason: RejectReason,
+                                      text: &str,
+                                      limit: &mut RateLimit| {
+                        if let Some(suppressed) = limit.check(Instant::now()) {
+                            log::warn!(
+                                "refusing ({identity}) on {name}, rejected ({reason:?}) before reading: {text}{}",
+                                suppressed_note(suppressed)
+                            );
                         }
-                        conn.shutdown_both();
+                        lingering.push(refuse_conn(conn, reason, text), Instant::now());
+                    };
+                    if let Admission::Denied { reason } = shared.policy.admit(&identity) {
+                        refuse(conn, RejectReason::NotAllowed, &reason, &mut limit);
                         continue;
                     }
-                    let id = next_id.fetch_add(1, Ordering::SeqCst);
+                    if shared.counters.readers.load(Ordering::SeqCst) >= shared.max_connections {
+                        let text = format!("{} connections (the maximum)", shared.max_connections);
+                        refuse(conn, RejectReason::TooManyClients, &text, &mut limit);
+                        continue;
+                    }
+                    let slot = match shared.slots.acquire(identity.key()) {
+                        Ok(slot) => slot,
+                        Err(text) => {
+                            refuse(conn, RejectReason::TooManyClients, &text, &mut limit);
+                            continue;
+                        }
+                    };
+                    let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
                     let peer = format!("{name} {peer}");
-                    if let Err(e) = connection::spawn(
+                    let accepted = connection::Accepted {
                         id,
                         conn,
                         peer,
+                        listener: name.clone(),
                         identity,
-                        engine.clone(),
-                        clock,
-                        &counters,
+                        slot,
+                    };
+                    if let Err(e) = connection::spawn(
+                        accepted,
+                        shared.engine.clone(),
+                        shared.clock,
+                        &shared.counters,
                     ) {
                         log::error!("cannot serve a connection on {name}: {e}");
                     }
                 }
             })?;
         Ok(())
+    }
+}
+
+/// What every acceptor shares.
+#[derive(Debug, Clone)]
+pub struct Acceptance {
+    pub engine: EngineHandle,
+    pub clock: HostClock,
+    pub counters: Counters,
+    pub next_id: Arc<AtomicU64>,
+    pub max_connections: usize,
+    pub policy: Arc<Policy>,
+    pub slots: HandshakeSlots,
+}
+
+/// How long a refusal may wait for the socket to take its Reject (a fresh
+/// socket's send buffer is empty, so it never should).
+const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_millis(20);
+
+/// How long a refused connection stays open after its Reject, so that the
+/// guest's Hello (already on its way) does not fail with EPIPE or make the
+/// kernel reset the connection before the Reject is read.
+pub const REFUSED_LINGER: Duration = Duration::from_millis(500);
+/// Refused connections one listener keeps lingering at most; the oldest is
+/// closed first. They are never read and hold no connection slot.
+pub const MAX_LINGERING: usize = 64;
+
+/// Refused connections waiting to be closed.
+#[derive(Default)]
+struct Lingering {
+    conns: std::collections::VecDeque<(Instant, Box<dyn Conn>)>,
+}
+
+impl Lingering {
+    fn push(&mut self, conn: Box<dyn Conn>, now: Instant) {
+        if self.conns.len() >= MAX_LINGERING {
+            self.conns.pop_front();
+        }
+        self.conns.push_back((now, conn));
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.conns.front() {
+            if now.saturating_duration_since(*at) < REFUSED_LINGER {
+                break;
+            }
+            self.conns.pop_front();
+        }
+    }
+}
+
+/// Tells a refused peer why, without reading anything from it, and ends
+/// the sending direction; the caller closes it after [`REFUSED_LINGER`].
+fn refuse_conn(mut conn: Box<dyn Conn>, reason: RejectReason, text: &str) -> Box<dyn Conn> {
+    let mut frame = Vec::new();
+    let reject = HostMessage::Reject {
+        reason,
+        message: crate::session::bounded_text(text),
+    };
+    if encode_frame(&reject, &mut frame).is_ok()
+        && conn.set_write_timeout_conn(REFUSE_WRITE_TIMEOUT).is_ok()
+    {
+        let _ = conn.write_all(&frame);
+    }
+    conn.shutdown_write();
+    conn
+}
+
+fn suppressed_note(suppressed: u64) -> String {
+    if suppressed > 0 {
+        format!(" ({suppressed} similar lines suppressed)")
+    } else {
+        String::new()
     }
 }
 
@@ -385,6 +492,17 @@ impl Drop for Listener {
     }
 }
 
+/// Binds `path` with the file mode 0666: the umask is 0111 for the
+/// duration of the call. The umask is process-wide, which is why the daemon
+/// binds before it starts any thread.
+fn bind_unix_0666(path: &Path) -> io::Result<UnixListener> {
+    use nix::sys::stat::{umask, Mode};
+    let old = umask(Mode::from_bits_truncate(0o111));
+    let bound = UnixListener::bind(path);
+    umask(old);
+    bound
+}
+
 /// Removes `path` if it is a socket nobody accepts on.
 fn remove_stale_socket(path: &Path, name: &str) -> Result<(), BindError> {
     let meta = match fs::symlink_metadata(path) {
@@ -397,6 +515,11 @@ fn remove_stale_socket(path: &Path, name: &str) -> Result<(), BindError> {
             })
         }
     };
+    if meta.file_type().is_symlink() {
+        return Err(BindError::Symlink {
+            addr: name.to_owned(),
+        });
+    }
     if !meta.file_type().is_socket() {
         return Err(BindError::NotASocket {
             addr: name.to_owned(),
@@ -419,6 +542,8 @@ fn remove_stale_socket(path: &Path, name: &str) -> Result<(), BindError> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::PermissionsExt;
 
     use super::*;
 
@@ -536,6 +661,18 @@ mod tests {
         ));
         drop(live);
         assert!(!path.exists(), "socket file removed on drop");
+        // A symlink in its place is refused, and its target left alone.
+        let target = dir.path().join("target");
+        fs::write(&target, b"x").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(matches!(
+            Listener::bind(&addr),
+            Err(BindError::Symlink { .. })
+        ));
+        let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        fs::remove_file(&path).unwrap();
         // A regular file is never removed.
         fs::write(&path, b"data").unwrap();
         assert!(matches!(

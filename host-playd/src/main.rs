@@ -51,12 +51,17 @@ fn main() -> ExitCode {
 }
 
 /// `--nice` when not given: PulseAudio's own daemon runs at -11, and the
-/// guest's audio must be scheduled ahead of ordinary host work.
+/// guest's audio must be scheduled ahead of ordinary host work. It applies to
+/// the engine thread only, never to the threads reading guest input.
 const DEFAULT_NICE: i32 = -11;
 
 fn run(args: &Args, inherited: Vec<std::os::fd::OwnedFd>) -> anyhow::Result<()> {
     let config = args.to_config().context("invalid options")?;
-    // Before any thread exists: every thread inherits it.
+    // Before any thread exists. Only the engine thread (this one: it
+    // drives the sound-server connection) keeps the raised priority: the
+    // acceptors return to the starting niceness before they start the
+    // threads that parse guest bytes (host_playd::sys::return_to_base_nice).
+    host_playd::sys::remember_base_nice();
     set_priority(args.nice.unwrap_or(DEFAULT_NICE));
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM] {

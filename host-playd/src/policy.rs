@@ -151,9 +151,23 @@ pub enum Matcher {
     UnixGid(u32),
     Tcp(Cidr),
     VsockCid(u32),
+    /// The listener that accepted the connection, by its name as host-playd
+    /// logs it (`unix:/run/host-playd/vm1.vsock_5000`, `tcp:0.0.0.0:4713`,
+    /// `vsock:4294967295:5000`). What tells VMs apart behind a vhost-user
+    /// vsock backend, which connects every guest of one VM through its own
+    /// unix socket `<uds-path>_<port>`: host-playd sees the backend, not a CID.
+    Listen(String),
 }
 
 impl Matcher {
+    /// Whether `peer`, accepted on `listener` (`None`: not known), matches.
+    pub fn matches_on(&self, listener: Option<&str>, peer: &PeerIdentity) -> bool {
+        match self {
+            Matcher::Listen(want) => listener == Some(want.as_str()),
+            _ => self.matches(peer),
+        }
+    }
+
     pub fn matches(&self, peer: &PeerIdentity) -> bool {
         match (self, peer) {
             (Matcher::UnixUid(want), PeerIdentity::Unix { uid, .. }) => want == uid,
@@ -172,6 +186,7 @@ impl fmt::Display for Matcher {
             Matcher::UnixGid(gid) => write!(f, "unix gid {gid}"),
             Matcher::Tcp(net) => write!(f, "tcp {net}"),
             Matcher::VsockCid(cid) => write!(f, "vsock cid {cid}"),
+            Matcher::Listen(name) => write!(f, "listener {name}"),
         }
     }
 }
@@ -187,12 +202,20 @@ pub struct StreamLimits {
     pub max_channels: Option<u8>,
     /// Larger buffers asked for are cut to this.
     pub max_latency_usec: Option<u64>,
+    /// Smaller buffers asked for are raised to this; `None`:
+    /// [`DEFAULT_MIN_LATENCY_USEC`]. (A tiny buffer makes the host's sink
+    /// run at a tiny latency for every stream on it, at many times the CPU.)
+    pub min_latency_usec: Option<u64>,
     /// Host stream volume at creation, percent of normal (the guest has no
     /// way to change it).
     pub volume_percent: Option<u8>,
     /// The name the host's mixer shows, instead of the guest's.
     pub stream_name: Option<String>,
 }
+
+/// The latency floor when a policy sets none: 10 ms, the smallest
+/// `latency_msec` the guest module is measured at.
+pub const DEFAULT_MIN_LATENCY_USEC: u64 = 10_000;
 
 /// One rule of the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,13 +270,24 @@ pub enum Admission {
 }
 
 impl Policy {
+    /// [`Policy::admit_on`] without knowing the listener: `listen` rules
+    /// match nothing.
     pub fn admit(&self, peer: &PeerIdentity) -> Admission {
+        self.admit_on(None, peer)
+    }
+
+    /// The verdict on `peer`, accepted on the listener named `listener`.
+    pub fn admit_on(&self, listener: Option<&str>, peer: &PeerIdentity) -> Admission {
         if let PeerIdentity::Unknown(why) = peer {
             return Admission::Denied {
                 reason: format!("the peer's identity is unknown: {why}"),
             };
         }
-        if let Some(rule) = self.rules.iter().find(|r| r.matcher.matches(peer)) {
+        if let Some(rule) = self
+            .rules
+            .iter()
+            .find(|r| r.matcher.matches_on(listener, peer))
+        {
             return if rule.allow {
                 Admission::Allowed {
                     rule: Some(rule.name.clone()),
@@ -314,15 +348,19 @@ impl StreamLimits {
         Ok(())
     }
 
-    /// The buffer `tlength_bytes` cut to the latency limit (whole frames).
+    /// The buffer `tlength_bytes` raised to the latency floor, then cut to
+    /// the latency limit (whole frames; the limit wins if they disagree).
     pub fn cap_buffer(&self, spec: &StreamSpec, tlength_bytes: u32) -> u32 {
-        let Some(max_usec) = self.max_latency_usec else {
-            return tlength_bytes;
+        let frames = |usec: u64| {
+            let bytes = spec.usec_to_bytes(usec).max(u64::from(spec.frame_size()));
+            u32::try_from(bytes).unwrap_or(u32::MAX)
         };
-        let cap = spec
-            .usec_to_bytes(max_usec)
-            .max(u64::from(spec.frame_size()));
-        u32::try_from(cap).map_or(tlength_bytes, |cap| tlength_bytes.min(cap))
+        let floor = frames(self.min_latency_usec.unwrap_or(DEFAULT_MIN_LATENCY_USEC));
+        let raised = tlength_bytes.max(floor);
+        match self.max_latency_usec {
+            Some(max_usec) => raised.min(frames(max_usec)),
+            None => raised,
+        }
     }
 
     /// Rewrites what the host will open: the name and the buffer.
@@ -353,6 +391,69 @@ mod tests {
             allow,
             limits: StreamLimits::default(),
         }
+    }
+
+    /// Two VMs behind vhost-user vsock backends: both connect as the same
+    /// uid through unix sockets, one per VM; only the listener tells them
+    /// apart.
+    #[test]
+    fn listen_rules_tell_vms_apart_by_the_socket_that_accepted_them() {
+        let policy = Policy {
+            rules: vec![
+                rule(
+                    "vm1",
+                    Matcher::Listen("unix:/run/host-playd/vm1.vsock_5000".into()),
+                    true,
+                ),
+                rule(
+                    "vm2",
+                    Matcher::Listen("unix:/run/host-playd/vm2.vsock_5000".into()),
+                    false,
+                ),
+            ],
+            defaults: Defaults {
+                unix: false,
+                ..Defaults::default()
+            },
+            ..Policy::default()
+        };
+        let backend = unix(0, 0);
+        let on = |l: &str| policy.admit_on(Some(l), &backend);
+        assert!(matches!(
+            on("unix:/run/host-playd/vm1.vsock_5000"),
+            Admission::Allowed { rule: Some(r), .. } if r == "vm1"
+        ));
+        assert!(matches!(
+            on("unix:/run/host-playd/vm2.vsock_5000"),
+            Admission::Denied { reason } if reason.contains("\"vm2\"")
+        ));
+        // Another listener, or none known: no listen rule matches, the
+        // defaults decide (unix denied here).
+        assert!(matches!(
+            on("unix:/run/host-playd/vm1.vsock_50001"),
+            Admission::Denied { .. }
+        ));
+        assert!(matches!(policy.admit(&backend), Admission::Denied { .. }));
+        // A listen rule matches any transport's peer on that listener, and
+        // never an unknown peer.
+        assert!(matches!(
+            policy.admit_on(
+                Some("unix:/run/host-playd/vm1.vsock_5000"),
+                &tcp("10.0.0.1:9")
+            ),
+            Admission::Allowed { .. }
+        ));
+        assert!(matches!(
+            policy.admit_on(
+                Some("unix:/run/host-playd/vm1.vsock_5000"),
+                &PeerIdentity::Unknown("x".into())
+            ),
+            Admission::Denied { .. }
+        ));
+        assert_eq!(
+            Matcher::Listen("tcp:0.0.0.0:1".into()).to_string(),
+            "listener tcp:0.0.0.0:1"
+        );
     }
 
     #[test]
@@ -490,8 +591,30 @@ mod tests {
         assert_eq!(params.tlength_bytes, 9_600, "50 ms of 48 kHz stereo s16");
         assert_eq!(params.name, "vm music");
         let mut small = params.clone();
-        small.tlength_bytes = 1_920;
+        small.tlength_bytes = 2_880;
         limits.apply(&mut small);
-        assert_eq!(small.tlength_bytes, 1_920, "smaller buffers are kept");
+        assert_eq!(small.tlength_bytes, 2_880, "15 ms is kept");
+        small.tlength_bytes = 192;
+        limits.apply(&mut small);
+        assert_eq!(
+            small.tlength_bytes, 1_920,
+            "1 ms is raised to the 10 ms floor"
+        );
+        let floor = StreamLimits {
+            min_latency_usec: Some(40_000),
+            max_latency_usec: Some(30_000),
+            ..StreamLimits::default()
+        };
+        assert_eq!(
+            floor.cap_buffer(&small.spec, 192),
+            5_760,
+            "the limit wins over the floor"
+        );
+        let spec = &small.spec;
+        assert_eq!(StreamLimits::default().cap_buffer(spec, 0), 1_920);
+        assert_eq!(
+            StreamLimits::default().cap_buffer(spec, 1_000_000),
+            1_000_000
+        );
     }
 }

@@ -9,10 +9,11 @@
 
 use secure_tunnel_protocol::{
     Accept, ClockReport, GuestMessage, HostMessage, RejectReason, StreamSpec, MAX_REASON_LEN,
-    PROTOCOL_VERSION,
+    MAX_STREAM_NAME, PROTOCOL_VERSION,
 };
 
 use crate::backend::{StreamParams, StreamStatus};
+use crate::text::sanitize;
 
 /// Clock report interval while the stream plays.
 pub const CLOCK_INTERVAL_PLAYING_USEC: u64 = 20_000;
@@ -170,7 +171,9 @@ impl Session {
                     return;
                 };
                 self.tlength_bytes = tlength_bytes;
-                self.stream_name = hello.stream_name.clone();
+                // The name reaches the host's mixer and its log.
+                let name = sanitize(&hello.stream_name, MAX_STREAM_NAME);
+                self.stream_name.clone_from(&name);
                 self.spec = Some(hello.spec.clone());
                 self.state = State::Opening {
                     deadline_usec: now_usec.saturating_add(OPEN_TIMEOUT_USEC),
@@ -178,7 +181,7 @@ impl Session {
                 out.push(Action::OpenStream(StreamParams {
                     spec: hello.spec,
                     tlength_bytes,
-                    name: hello.stream_name,
+                    name,
                 }));
             }
             Event::Message(other) => {
@@ -227,6 +230,7 @@ impl Session {
                 out.push(pong(guest_time_usec, now_usec));
             }
             Event::Message(GuestMessage::Goodbye { reason }) => {
+                let reason = sanitize(&reason, MAX_REASON_LEN);
                 self.close(&format!("guest said goodbye: {reason}"), false, out);
             }
             Event::Message(other) => {
@@ -301,6 +305,7 @@ impl Session {
             }
             GuestMessage::Ping { guest_time_usec } => out.push(pong(guest_time_usec, now_usec)),
             GuestMessage::Goodbye { reason } => {
+                let reason = sanitize(&reason, MAX_REASON_LEN);
                 self.close(&format!("guest said goodbye: {reason}"), false, out);
             }
         }
@@ -438,18 +443,11 @@ pub fn message_name(message: &GuestMessage) -> &'static str {
     }
 }
 
-/// `text` made fit for a reject or goodbye: control characters replaced and
-/// cut at a character boundary to [`MAX_REASON_LEN`] bytes.
+/// `text` made fit for a reject or goodbye: hostile characters replaced
+/// (see [`crate::text`]) and cut at a character boundary to
+/// [`MAX_REASON_LEN`] bytes.
 pub fn bounded_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(MAX_REASON_LEN));
-    for c in text.chars() {
-        let c = if c.is_control() { ' ' } else { c };
-        if out.len() + c.len_utf8() > MAX_REASON_LEN {
-            break;
-        }
-        out.push(c);
-    }
-    out
+    sanitize(text, MAX_REASON_LEN)
 }
 
 #[cfg(test)]

@@ -89,6 +89,29 @@ pub fn set_nice(nice: i32) -> io::Result<()> {
     }
 }
 
+/// The niceness the daemon started with, recorded by [`remember_base_nice`]
+/// before the engine thread raises its own.
+static BASE_NICE: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+
+/// Records the calling thread's niceness as the one every thread that
+/// handles guest bytes returns to (see [`return_to_base_nice`]).
+pub fn remember_base_nice() {
+    let _ = BASE_NICE.set(nice().unwrap_or(0));
+}
+
+/// Puts the calling thread back at the niceness the daemon started with:
+/// threads that parse guest input must not run ahead of ordinary host work.
+/// Raising the niceness value is never refused.
+pub fn return_to_base_nice() {
+    if let Some(&base) = BASE_NICE.get() {
+        if nice().ok() != Some(base) {
+            if let Err(e) = set_nice(base) {
+                log::debug!("cannot return to nice {base}: {e}");
+            }
+        }
+    }
+}
+
 /// The calling thread's niceness.
 pub fn nice() -> io::Result<i32> {
     // getpriority may legitimately return -1: errno tells an error apart.

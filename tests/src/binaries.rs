@@ -10,6 +10,7 @@ use crate::HarnessError;
 /// File name of the daemon binary in the target directory.
 const HOST_PLAYD: &str = "host-playd";
 const MODULE_LIB: &str = "libmodule_secure_tunnel_sink.so";
+const PIPEWIRE_SERVICE: &str = "secure-tunnel-pipewire";
 
 /// The workspace root: this crate sits one level below it.
 pub fn workspace_root() -> PathBuf {
@@ -39,6 +40,11 @@ fn built(name: &str) -> Result<PathBuf, HarnessError> {
 /// The module's shared object.
 pub fn module_library() -> Result<PathBuf, HarnessError> {
     built(MODULE_LIB)
+}
+
+/// The PipeWire front end's executable.
+pub fn pipewire_service() -> Result<PathBuf, HarnessError> {
+    built(PIPEWIRE_SERVICE)
 }
 
 /// The host daemon's executable.

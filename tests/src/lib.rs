@@ -12,6 +12,8 @@ pub mod latency;
 mod legit;
 pub mod netns;
 mod pactl;
+pub mod patests;
+mod pipewire;
 mod playd;
 mod process;
 pub mod proctree;
@@ -21,12 +23,16 @@ pub mod robust;
 pub mod signal;
 mod stack;
 mod tempdir;
+pub mod vm;
 pub mod wire;
 
-pub use binaries::{host_playd, module_library, pulse_module_dir, target_dir, workspace_root};
+pub use binaries::{
+    host_playd, module_library, pipewire_service, pulse_module_dir, target_dir, workspace_root,
+};
 pub use error::HarnessError;
 pub use legit::{LegitGuest, LegitReport};
 pub use pactl::{parse_sinks, sink_input_count, SinkInfo};
+pub use pipewire::{PipeWireStack, TunnelService};
 pub use playd::HostPlayd;
 pub use pulse::{guest_daemon, host_daemon, PulseDaemon, GUEST_SINK, HOST_SINK, MODULE_NAME};
 pub use record::{Player, Recorder, Recording};

@@ -24,6 +24,17 @@ pub const MODULE_NAME: &str = "module-secure-tunnel-sink";
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const PACTL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `base` times `SECURE_TUNNEL_TIMEOUT_SCALE` (a whole number, default 1):
+/// for a slow machine, such as the emulated guest of `scripts/vm-test.sh`.
+fn scaled(base: Duration) -> Duration {
+    let scale = std::env::var("SECURE_TUNNEL_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(1)
+        .clamp(1, 100);
+    base * scale
+}
 const LOG_TAIL_LINES: usize = 60;
 
 /// A running PulseAudio, killed on drop.
@@ -132,7 +143,7 @@ impl PulseDaemon {
     }
 
     fn wait_ready(&mut self) -> Result<(), HarnessError> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let deadline = Instant::now() + scaled(READY_TIMEOUT);
         while Instant::now() < deadline {
             if let Some(status) = self.child.exit_status() {
                 return Err(HarnessError::Died {
@@ -152,7 +163,7 @@ impl PulseDaemon {
         }
         Err(HarnessError::Timeout {
             what: format!("pulseaudio ({}) to answer `pactl info`", self.name),
-            secs: READY_TIMEOUT.as_secs_f64(),
+            secs: scaled(READY_TIMEOUT).as_secs_f64(),
             log_tail: self.log_tail(),
         })
     }
@@ -177,11 +188,21 @@ impl PulseDaemon {
         Ok(cmd)
     }
 
+    /// A client program that takes no `--server` option (PulseAudio's own
+    /// test programs): aimed at this daemon through `PULSE_SERVER`, with the
+    /// same environment as [`PulseDaemon::client`].
+    pub fn client_by_env(&self, program: &Path) -> Result<Command, HarnessError> {
+        let mut cmd = Command::new(program);
+        set_env(&mut cmd, self.dir.path())?;
+        cmd.env("PULSE_SERVER", self.server());
+        Ok(cmd)
+    }
+
     /// Runs `pactl` with a bounded wait.
     pub fn pactl(&self, args: &[&str]) -> Result<Output, HarnessError> {
         let mut cmd = self.client("pactl")?;
         cmd.args(args);
-        output_with_timeout(&mut cmd, PACTL_TIMEOUT)
+        output_with_timeout(&mut cmd, scaled(PACTL_TIMEOUT))
     }
 
     /// `pactl` whose failure is an error carrying this daemon's log tail.

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use secure_tunnel_e2e::{robust, signal, Player, Recorder, TunnelStack, GUEST_SINK, HOST_SINK};
 use secure_tunnel_protocol::{
-    encode_frame, read_frame, GuestMessage, Hello, HostMessage, ProtocolError, RejectReason,
-    SampleFormat, StreamSpec, MAGIC, MAX_AUDIO_CHUNK, PROTOCOL_VERSION,
+    encode_frame, read_frame, FrameReader, GuestMessage, Hello, HostMessage, ProtocolError,
+    RejectReason, SampleFormat, StreamSpec, MAGIC, MAX_AUDIO_CHUNK, PROTOCOL_VERSION,
 };
 
 /// host-playd's peak resident memory must stay under this through the whole
@@ -105,7 +105,7 @@ fn expect_reject(
         let _ = s.shutdown(std::net::Shutdown::Write);
     }
     let got = until_closed(&mut s, what);
-    if got.is_empty() && !strict {
+    if !strict && (got.is_empty() || too_many(&got)) {
         return false;
     }
     assert!(
@@ -113,6 +113,29 @@ fn expect_reject(
         "{what}: expected exactly Reject({want:?}) then close, got {got:?}"
     );
     true
+}
+
+/// Whether host-playd refused the connection for its connection caps (it
+/// may say so with a Reject instead of closing without a word).
+fn too_many(got: &[HostMessage]) -> bool {
+    matches!(
+        got,
+        [HostMessage::Reject {
+            reason: RejectReason::TooManyClients,
+            ..
+        }]
+    )
+}
+
+/// The host messages in `bytes` (a whole reply read at once).
+fn decode_all(bytes: &[u8]) -> Vec<HostMessage> {
+    let mut r = FrameReader::new();
+    r.feed(bytes);
+    let mut got = Vec::new();
+    while let Ok(Some(m)) = r.next_message::<HostMessage>() {
+        got.push(m);
+    }
+    got
 }
 
 /// One round of every malformed-input case; returns how many of the 7
@@ -242,22 +265,27 @@ fn beyond_credit(socket: &Path) {
 }
 
 /// Sends a Hello one byte per second; host-playd must drop the connection
-/// at its handshake timeout.
-fn slowloris(socket: &Path) -> Duration {
+/// at its handshake timeout, or refuse it at once for its per-peer cap on
+/// connections in their handshake. Returns how long it lived and whether it
+/// was refused (a TooManyClients Reject).
+fn slowloris(socket: &Path) -> (Duration, bool) {
     let mut s = connect(socket);
     s.set_nonblocking(true).expect("non-blocking");
     let h = frame(&hello(PROTOCOL_VERSION, "slow"));
     let start = Instant::now();
     let mut buf = [0u8; 512];
+    let mut got = Vec::new();
+    let end = |got: &[u8]| (start.elapsed(), too_many(&decode_all(got)));
     for byte in h.iter().cycle() {
         if s.write_all(&[*byte]).is_err() {
-            return start.elapsed();
+            return end(&got);
         }
         let step = Instant::now();
         while step.elapsed() < Duration::from_secs(1) {
             match s.read(&mut buf) {
-                Ok(0) => return start.elapsed(),
-                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return start.elapsed(),
+                Ok(0) => return end(&got),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return end(&got),
                 _ => {}
             }
             assert!(
@@ -271,7 +299,8 @@ fn slowloris(socket: &Path) -> Duration {
 }
 
 /// Opens `n` connections at once and holds them; returns how many
-/// host-playd refused at once (closed without a word).
+/// host-playd refused at once (closed without a word, or with a
+/// TooManyClients Reject).
 fn many_at_once(socket: &Path, n: usize) -> usize {
     let conns: Vec<UnixStream> = (0..n).map(|_| connect(socket)).collect();
     thread::sleep(Duration::from_millis(500));
@@ -279,10 +308,10 @@ fn many_at_once(socket: &Path, n: usize) -> usize {
         .iter()
         .filter(|&s| {
             s.set_nonblocking(true).expect("non-blocking");
-            let mut b = [0u8; 1];
+            let mut b = [0u8; 512];
             let mut r: &UnixStream = s;
             match r.read(&mut b) {
-                Ok(n) => n == 0,
+                Ok(n) => n == 0 || too_many(&decode_all(&b[..n])),
                 Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
             }
         })
@@ -361,17 +390,30 @@ fn run_attacks(socket: PathBuf, done: Arc<AtomicBool>) -> Vec<String> {
         answered > 0,
         "no malformed input was answered during the flood"
     );
+    let mut timed_out = 0;
     for (i, t) in slow.into_iter().enumerate() {
-        let lived = t.join().expect("slowloris thread");
+        let (lived, refused) = t.join().expect("slowloris thread");
         notes.push(format!(
-            "slowloris {i}: dropped after {:.2} s",
+            "slowloris {i}: {} after {:.2} s",
+            if refused {
+                "refused (per-peer cap)"
+            } else {
+                "dropped"
+            },
             lived.as_secs_f64()
         ));
-        assert!(
-            lived >= Duration::from_millis(HANDSHAKE_TIMEOUT_MS / 2),
-            "slowloris {i} was dropped after {lived:?}, before its handshake timeout"
-        );
+        if !refused {
+            assert!(
+                lived >= Duration::from_millis(HANDSHAKE_TIMEOUT_MS / 2),
+                "slowloris {i} was dropped after {lived:?}, before its handshake timeout"
+            );
+            timed_out += 1;
+        }
     }
+    assert!(
+        timed_out > 0,
+        "no slowloris client reached its handshake timeout"
+    );
     done.store(true, Ordering::SeqCst);
     notes
 }

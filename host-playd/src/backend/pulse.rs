@@ -57,8 +57,11 @@ struct PulseStream {
     /// Bytes written since the stream opened, in the guest's coordinates.
     written: u64,
     last_played: u64,
+    /// The cork state the guest asked for last (latest wins).
     corked: bool,
     opened: bool,
+    /// Control operations, coalesced: at most one of each kind in flight.
+    ops: PendingOps,
     underruns: Rc<Cell<u32>>,
     /// Whether a timing update is in flight.
     update_pending: Rc<Cell<bool>>,
@@ -83,6 +86,27 @@ struct TimingBase {
     playing: bool,
 }
 
+/// The control operations of one stream: what the guest wants, what was
+/// sent, and which kinds are in flight. A guest can make the server do at
+/// most one cork, one flush, one buffer change and one timing update at a
+/// time, however fast it sends: a cork state or buffer asked for while one
+/// is in flight replaces any older wish (latest wins) and is sent when the
+/// previous one completes; flushes asked for meanwhile become one.
+#[derive(Debug, Default)]
+struct PendingOps {
+    /// The cork state last sent to the server.
+    cork_sent: bool,
+    cork_busy: Rc<Cell<bool>>,
+    flush_wanted: bool,
+    flush_busy: Rc<Cell<bool>>,
+    buffer_wanted: Option<u32>,
+    buffer_busy: Rc<Cell<bool>>,
+}
+
+/// Most server operations one stream can have in flight: cork, flush,
+/// buffer change, timing update.
+pub const MAX_PENDING_OPS: usize = 4;
+
 /// How often each stream's timing is refreshed from the server.
 pub const TIMING_UPDATE_USEC: u64 = 20_000;
 
@@ -90,6 +114,10 @@ pub const TIMING_UPDATE_USEC: u64 = 20_000;
 /// context before the main loop.
 pub struct PulseBackend {
     streams: HashMap<StreamId, PulseStream>,
+    /// Streams the engine closed while the server was still creating them:
+    /// disconnected once they are READY (or dropped once FAILED), so that
+    /// no sink-input outlives its guest.
+    closing: Vec<Stream>,
     pending: Vec<(StreamId, StreamParams)>,
     events: Vec<(StreamId, StreamEvent)>,
     _wake_event: IoEvent<<Mainloop as MainloopTrait>::MI>,
@@ -142,6 +170,7 @@ impl PulseBackend {
             .ok_or_else(|| init("cannot watch the wake-up socket"))?;
         let mut backend = PulseBackend {
             streams: HashMap::new(),
+            closing: Vec::new(),
             pending: Vec::new(),
             events: Vec::new(),
             _wake_event: wake_event,
@@ -210,6 +239,8 @@ impl PulseBackend {
                 },
             ));
         }
+        // The server forgets a dead client's streams by itself.
+        self.closing.clear();
         for (id, _) in self.streams.drain() {
             self.events.push((
                 id,
@@ -314,6 +345,7 @@ impl PulseBackend {
             last_played: 0,
             corked: false,
             opened: false,
+            ops: PendingOps::default(),
             underruns,
             update_pending: Rc::new(Cell::new(false)),
             update_arrived: Rc::new(Cell::new(None)),
@@ -336,6 +368,17 @@ impl PulseBackend {
                 StreamState::Failed | StreamState::Terminated => failed.push(id),
                 StreamState::Ready | StreamState::Unconnected | StreamState::Creating => {}
             }
+        }
+        self.closing.retain_mut(|stream| match stream.get_state() {
+            StreamState::Creating => true,
+            StreamState::Ready => {
+                let _ = stream.disconnect();
+                false
+            }
+            StreamState::Unconnected | StreamState::Failed | StreamState::Terminated => false,
+        });
+        for s in self.streams.values_mut() {
+            s.issue_ops();
         }
         for id in failed {
             self.streams.remove(&id);
@@ -433,21 +476,21 @@ impl AudioBackend for PulseBackend {
     fn cork(&mut self, id: StreamId, corked: bool) {
         if let Some(s) = self.streams.get_mut(&id) {
             s.corked = corked;
-            let _ = s.stream.set_corked_state(corked, None);
+            s.issue_ops();
         }
     }
 
     fn flush(&mut self, id: StreamId) {
         if let Some(s) = self.streams.get_mut(&id) {
-            let _ = s.stream.flush(None);
+            s.ops.flush_wanted = true;
+            s.issue_ops();
         }
     }
 
     fn set_buffer(&mut self, id: StreamId, tlength_bytes: u32) {
         if let Some(s) = self.streams.get_mut(&id) {
-            let _ = s
-                .stream
-                .set_buffer_attr(&buffer_attr(tlength_bytes), |_| {});
+            s.ops.buffer_wanted = Some(tlength_bytes);
+            s.issue_ops();
         }
     }
 
@@ -468,7 +511,15 @@ impl AudioBackend for PulseBackend {
         self.pending.retain(|(pending, _)| *pending != id);
         if let Some(mut s) = self.streams.remove(&id) {
             s.stream.set_underflow_callback(None);
-            let _ = s.stream.disconnect();
+            match s.stream.get_state() {
+                // libpulse refuses to disconnect a stream it is still
+                // creating (BADSTATE), and the server would create its
+                // sink-input anyway: finish the job once it is READY.
+                StreamState::Creating => self.closing.push(s.stream),
+                _ => {
+                    let _ = s.stream.disconnect();
+                }
+            }
         }
     }
 
@@ -521,9 +572,43 @@ impl AudioBackend for PulseBackend {
 }
 
 impl PulseStream {
+    /// Sends what [`PendingOps`] holds back, one operation of each kind at a
+    /// time, and only to a READY stream (libpulse returns no operation, and
+    /// the binding panics, for any other state).
+    fn issue_ops(&mut self) {
+        if !self.opened || self.stream.get_state() != StreamState::Ready {
+            return;
+        }
+        let ops = &mut self.ops;
+        if ops.flush_wanted && !ops.flush_busy.get() {
+            ops.flush_wanted = false;
+            ops.flush_busy.set(true);
+            let busy = Rc::clone(&ops.flush_busy);
+            let _ = self.stream.flush(Some(Box::new(move |_| busy.set(false))));
+        }
+        if ops.cork_sent != self.corked && !ops.cork_busy.get() {
+            ops.cork_sent = self.corked;
+            ops.cork_busy.set(true);
+            let busy = Rc::clone(&ops.cork_busy);
+            let _ = self
+                .stream
+                .set_corked_state(self.corked, Some(Box::new(move |_| busy.set(false))));
+        }
+        if !ops.buffer_busy.get() {
+            if let Some(tlength) = ops.buffer_wanted.take() {
+                ops.buffer_busy.set(true);
+                let busy = Rc::clone(&ops.buffer_busy);
+                let _ = self
+                    .stream
+                    .set_buffer_attr(&buffer_attr(tlength), move |_| busy.set(false));
+            }
+        }
+    }
+
     /// Asks the server for fresh timing, one request at a time.
     fn request_timing(&mut self, now: u64, clock: HostClock) {
         if self.update_pending.get()
+            || self.stream.get_state() != StreamState::Ready
             || now.saturating_sub(self.last_request_usec) < TIMING_UPDATE_USEC
         {
             return;

@@ -145,14 +145,9 @@ pub fn apply(config: &SandboxConfig) -> Result<Report, SandboxError> {
     let target = privileges::resolve_user(config.user.as_deref())
         .map_err(step_err("looking up the user"))?;
 
-    let user_tasks = limits::tasks_of(
-        target
-            .as_ref()
-            .map_or_else(|| nix::unistd::Uid::current().as_raw(), |t| t.uid.as_raw()),
-    );
     report.push(
         "resource limits",
-        limits::apply(&config.limits, user_tasks).map_err(step_err("resource limits"))?,
+        limits::apply(&config.limits).map_err(step_err("resource limits"))?,
     );
     report.push(
         "capability bounding and ambient sets",

@@ -1,0 +1,99 @@
+//! The SPA pods the node offers: its one audio format and its Latency.
+
+use pipewire::spa;
+use secure_tunnel_protocol::{SampleFormat, StreamSpec};
+use spa::param::audio::{AudioFormat, AudioInfoRaw};
+use spa::pod::serialize::PodSerializer;
+use spa::pod::{Object, Property, PropertyFlags, Value};
+use spa::sys;
+
+/// PulseAudio's channel position (the protocol's numbering) as SPA's.
+fn spa_position(pa: u8) -> u32 {
+    match pa {
+        0 => sys::SPA_AUDIO_CHANNEL_MONO,
+        1 => sys::SPA_AUDIO_CHANNEL_FL,
+        2 => sys::SPA_AUDIO_CHANNEL_FR,
+        3 => sys::SPA_AUDIO_CHANNEL_FC,
+        4 => sys::SPA_AUDIO_CHANNEL_RC,
+        5 => sys::SPA_AUDIO_CHANNEL_RL,
+        6 => sys::SPA_AUDIO_CHANNEL_RR,
+        7 => sys::SPA_AUDIO_CHANNEL_LFE,
+        10 => sys::SPA_AUDIO_CHANNEL_SL,
+        11 => sys::SPA_AUDIO_CHANNEL_SR,
+        n => sys::SPA_AUDIO_CHANNEL_AUX0 + u32::from(n),
+    }
+}
+
+fn serialize(value: &Value) -> Vec<u8> {
+    // Serializing into a Vec cannot fail for these small, well-formed pods;
+    // an empty pod list is the harmless fallback.
+    PodSerializer::serialize(std::io::Cursor::new(Vec::new()), value)
+        .map(|(cursor, _)| cursor.into_inner())
+        .unwrap_or_default()
+}
+
+/// The EnumFormat the stream offers: exactly the host stream's format, so
+/// PipeWire converts (if at all) before the node and the bytes go to the
+/// host untouched.
+pub fn format(spec: &StreamSpec) -> Vec<u8> {
+    let mut info = AudioInfoRaw::new();
+    info.set_format(match spec.format {
+        SampleFormat::S16Le => AudioFormat::S16LE,
+        SampleFormat::S32Le => AudioFormat::S32LE,
+        SampleFormat::F32Le => AudioFormat::F32LE,
+    });
+    info.set_rate(spec.rate);
+    info.set_channels(u32::from(spec.channels()));
+    let mut position = [0u32; 64];
+    for (slot, &pa) in position.iter_mut().zip(&spec.channel_map) {
+        *slot = spa_position(pa);
+    }
+    info.set_position(position);
+    serialize(&Value::Object(Object {
+        type_: sys::SPA_TYPE_OBJECT_Format,
+        id: sys::SPA_PARAM_EnumFormat,
+        properties: info.into(),
+    }))
+}
+
+fn prop(key: u32, value: Value) -> Property {
+    Property {
+        key,
+        flags: PropertyFlags::empty(),
+        value,
+    }
+}
+
+/// The port's Latency param (direction input: the latency downstream of a
+/// sink's input port), `nsec` from now to heard.
+pub fn latency(id: u32, nsec: u64) -> Vec<u8> {
+    let ns = i64::try_from(nsec).unwrap_or(i64::MAX);
+    serialize(&Value::Object(Object {
+        type_: if id == sys::SPA_PARAM_Latency {
+            sys::SPA_TYPE_OBJECT_ParamLatency
+        } else {
+            sys::SPA_TYPE_OBJECT_ParamProcessLatency
+        },
+        id,
+        properties: if id == sys::SPA_PARAM_Latency {
+            vec![
+                prop(
+                    sys::SPA_PARAM_LATENCY_direction,
+                    Value::Id(spa::utils::Id(sys::SPA_DIRECTION_INPUT)),
+                ),
+                prop(sys::SPA_PARAM_LATENCY_minQuantum, Value::Float(0.0)),
+                prop(sys::SPA_PARAM_LATENCY_maxQuantum, Value::Float(0.0)),
+                prop(sys::SPA_PARAM_LATENCY_minRate, Value::Int(0)),
+                prop(sys::SPA_PARAM_LATENCY_maxRate, Value::Int(0)),
+                prop(sys::SPA_PARAM_LATENCY_minNs, Value::Long(ns)),
+                prop(sys::SPA_PARAM_LATENCY_maxNs, Value::Long(ns)),
+            ]
+        } else {
+            vec![
+                prop(sys::SPA_PARAM_PROCESS_LATENCY_quantum, Value::Float(0.0)),
+                prop(sys::SPA_PARAM_PROCESS_LATENCY_rate, Value::Int(0)),
+                prop(sys::SPA_PARAM_PROCESS_LATENCY_ns, Value::Long(ns)),
+            ]
+        },
+    }))
+}

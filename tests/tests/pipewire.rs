@@ -1,0 +1,333 @@
+//! The PipeWire front end in a real chain: a private PipeWire + WirePlumber +
+//! pipewire-pulse guest (Dummy-Driver, no sound card), `secure-tunnel-pipewire`,
+//! host-playd and a host PulseAudio. Audio is played with `pacat` through
+//! pipewire-pulse and recorded on the host sink's monitor.
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use secure_tunnel_e2e::{
+    host_daemon, signal, HostPlayd, PipeWireStack, PulseDaemon, Recorder, TestDir, TunnelService,
+    HOST_SINK, RATE,
+};
+
+const SINK: &str = "secure_tunnel";
+const FRAMES_PER_SEC: usize = RATE as usize;
+/// Silence ahead of the signal: pipewire-pulse starts a new stream with a
+/// few milliseconds of silence of its own (seen: up to one 7 ms block), which
+/// must not eat into the compared signal.
+const LEAD_IN_FRAMES: usize = FRAMES_PER_SEC / 4;
+
+struct Chain {
+    // Drop order: the guest side first.
+    service: TunnelService,
+    pw: PipeWireStack,
+    playd: HostPlayd,
+    host: PulseDaemon,
+    socket: std::path::PathBuf,
+    _dir: TestDir,
+}
+
+impl Chain {
+    fn start(latency_msec: u32) -> Chain {
+        let dir = TestDir::new("pw-chain").expect("a test directory");
+        let socket = dir.path().join("playd.sock");
+        let host = host_daemon().expect("host PulseAudio");
+        let playd = HostPlayd::start(&socket, &host, None).expect("host-playd");
+        let pw = PipeWireStack::start().expect("a private PipeWire");
+        let server = format!("unix:{}", socket.display());
+        let latency = latency_msec.to_string();
+        let service = TunnelService::start(
+            &pw,
+            &[
+                "--server",
+                &server,
+                "--latency-msec",
+                &latency,
+                "--reconnect-interval-msec",
+                "200",
+            ],
+        )
+        .expect("secure-tunnel-pipewire");
+        pw.wait_sink(SINK, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Chain {
+            service,
+            pw,
+            playd,
+            host,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "{}\n--- host-playd\n{}",
+            self.pw.logs(),
+            self.playd.log_tail()
+        )
+    }
+
+    fn wait_connected(&self, times: usize) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if self
+                .service
+                .log()
+                .matches("connected to host-playd")
+                .count()
+                >= times
+            {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "the service did not connect {times} time(s)\n{}",
+            self.logs()
+        );
+    }
+}
+
+/// What `pacat -v` printed: when, and the stream time it reported then.
+type TimeReports = Arc<Mutex<Vec<(Instant, f64)>>>;
+
+/// Plays `data` with `pacat -v` into the sink through pipewire-pulse;
+/// returns when it ended and the time reports it printed.
+fn play(pw: &PipeWireStack, data: Vec<u8>) -> Vec<(Instant, f64)> {
+    let mut cmd = pw.client("pacat");
+    cmd.args([
+        "-v",
+        &format!("--device={SINK}"),
+        "--format=s16le",
+        "--rate=48000",
+        "--channels=2",
+        "--raw",
+        // A client buffer well above the graph quantum: a pacat asking for
+        // less than one quantum underruns in pipewire-pulse itself.
+        "--latency-msec=100",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("pacat");
+    let mut stdin = child.stdin.take().expect("pacat stdin");
+    let mut stderr = child.stderr.take().expect("pacat stderr");
+    let reports: TimeReports = Arc::default();
+    let sink = Arc::clone(&reports);
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut line = String::new();
+        while let Ok(n @ 1..) = stderr.read(&mut buf) {
+            let at = Instant::now();
+            for c in String::from_utf8_lossy(&buf[..n]).chars() {
+                if c == '\r' || c == '\n' {
+                    // "Time: 2.863 sec; Latency: 104951 usec."
+                    if let Some(t) = line
+                        .strip_prefix("Time: ")
+                        .and_then(|r| r.split(' ').next())
+                        .and_then(|t| t.parse::<f64>().ok())
+                    {
+                        sink.lock().expect("reports").push((at, t));
+                    }
+                    line.clear();
+                } else {
+                    line.push(c);
+                }
+            }
+        }
+    });
+    let writer = thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for pacat") {
+            assert!(status.success(), "pacat failed: {status}\n{}", pw.logs());
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pacat did not finish\n{}", pw.logs());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = writer.join();
+    let _ = reader.join();
+    let out = reports.lock().expect("reports").clone();
+    out
+}
+
+/// 20 ms: the unit in which the recording is compared.
+const BLOCK_FRAMES: usize = FRAMES_PER_SEC / 50;
+
+struct Blocks {
+    /// (block index, sample offset in the recording) of each exact block.
+    found: Vec<(usize, usize)>,
+    missing: Vec<usize>,
+    total: usize,
+    in_order: bool,
+}
+
+/// Looks for every 20 ms block of `played` in `recording`, bit-exact.
+fn exact_blocks(recording: &[i16], played: &[i16]) -> Blocks {
+    let n = BLOCK_FRAMES * 2;
+    let total = played.len() / n;
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for b in 0..total {
+        match signal::find_offset(recording, &played[b * n..(b + 1) * n]) {
+            Some(at) => found.push((b, at)),
+            None => missing.push(b),
+        }
+    }
+    let in_order = found.windows(2).all(|w| w[0].1 < w[1].1);
+    Blocks {
+        found,
+        missing,
+        total,
+        in_order,
+    }
+}
+
+fn with_lead_in(signal: &[i16]) -> Vec<u8> {
+    let mut all = signal::silence(LEAD_IN_FRAMES);
+    all.extend_from_slice(signal);
+    signal::to_bytes(&all)
+}
+
+/// Bit-exact through PipeWire, and the latency a PulseAudio client is told
+/// is the latency observed: the instant the host hears the first frame of
+/// the signal matches what pacat's stream clock predicts within 20 ms.
+#[test]
+fn pacat_through_pipewire_is_bit_exact_and_its_latency_true() {
+    // A roomy latency, as in end_to_end's bit_exact_playback: CI runs many
+    // daemons on two cores, and a late block would be inserted silence.
+    let chain = Chain::start(150);
+    chain.wait_connected(1);
+    let mut rec = Recorder::start(&chain.host, &format!("{HOST_SINK}.monitor")).expect("parec");
+    rec.wait_live(Duration::from_secs(5))
+        .expect("host monitor live");
+    let played = signal::pseudo_random(0x5EC7, 3 * FRAMES_PER_SEC);
+    let reports = play(&chain.pw, with_lead_in(&played));
+    thread::sleep(Duration::from_millis(500));
+    let recording = rec.stop();
+    let samples = recording.samples();
+    let blocks = exact_blocks(&samples, &played);
+    eprintln!(
+        "bit-exact 20 ms blocks: {}/{} ({:?} missing)",
+        blocks.found.len(),
+        blocks.total,
+        blocks.missing
+    );
+    // Every block arrives unchanged and in order (PipeWire's float path is
+    // lossless for s16 at unity volume).
+    assert!(
+        blocks.missing.is_empty() && blocks.in_order,
+        "only {}/{} blocks bit-exact (missing {:?})\n{}",
+        blocks.found.len(),
+        blocks.total,
+        blocks.missing,
+        chain.logs()
+    );
+    let (first_block, first_at) = blocks.found[0];
+    let heard = recording
+        .arrival_of_frame(first_at / 2)
+        .expect("arrival of the first exact block");
+    // pacat's stream time t at instant W means: what was written at t is
+    // heard at W. So the signal's first frame (written at t0) should be
+    // heard at W + (t0 - t).
+    let t0 = (LEAD_IN_FRAMES + first_block * BLOCK_FRAMES) as f64 / f64::from(RATE);
+    let mut errors_ms: Vec<f64> = reports
+        .iter()
+        .filter(|(_, t)| *t > t0 + 0.3 && *t < t0 + 2.5)
+        .map(|(at, t)| {
+            let predicted = if t0 >= *t {
+                *at + Duration::from_secs_f64(t0 - t)
+            } else {
+                *at - Duration::from_secs_f64(t - t0)
+            };
+            if heard >= predicted {
+                (heard - predicted).as_secs_f64() * 1e3
+            } else {
+                -(predicted - heard).as_secs_f64() * 1e3
+            }
+        })
+        .collect();
+    assert!(
+        errors_ms.len() >= 5,
+        "pacat printed too few time reports: {reports:?}"
+    );
+    errors_ms.sort_by(f64::total_cmp);
+    let median = errors_ms[errors_ms.len() / 2];
+    eprintln!(
+        "heard minus predicted: median {median:.1} ms over {} reports",
+        errors_ms.len()
+    );
+    assert!(
+        median.abs() <= 20.0,
+        "pacat's clock is off by {median:.1} ms (reports {errors_ms:?})\n{}",
+        chain.logs()
+    );
+}
+
+/// The sink comes back after host-playd restarts and after PipeWire
+/// restarts, and plays again each time.
+#[test]
+fn sink_survives_host_playd_and_pipewire_restarts() {
+    let mut chain = Chain::start(60);
+    chain.wait_connected(1);
+
+    let check_plays = |chain: &Chain, what: &str| {
+        let mut rec = Recorder::start(&chain.host, &format!("{HOST_SINK}.monitor")).expect("parec");
+        rec.wait_live(Duration::from_secs(5))
+            .expect("host monitor live");
+        let played = signal::pseudo_random(0xBEEF, FRAMES_PER_SEC);
+        play(&chain.pw, with_lead_in(&played));
+        thread::sleep(Duration::from_millis(400));
+        let recording = rec.stop();
+        let blocks = exact_blocks(&recording.samples(), &played);
+        assert!(
+            blocks.found.len() * 100 >= blocks.total * 90,
+            "{what}: only {}/{} blocks bit-exact\n{}",
+            blocks.found.len(),
+            blocks.total,
+            chain.logs()
+        );
+    };
+
+    // host-playd restarts: the service reconnects on its own.
+    let host = &chain.host;
+    let new_playd = {
+        drop(std::mem::replace(
+            &mut chain.playd,
+            HostPlayd::start_with(
+                &chain.socket.with_extension("unused"),
+                None,
+                &["--backend", "null"],
+            )
+            .expect("a placeholder host-playd"),
+        ));
+        HostPlayd::start(&chain.socket, host, None).expect("host-playd again")
+    };
+    chain.playd = new_playd;
+    chain.wait_connected(2);
+    check_plays(&chain, "after host-playd restarted");
+
+    // PipeWire restarts: the service recreates its sink.
+    chain.pw.restart().expect("restarting PipeWire");
+    chain
+        .pw
+        .wait_sink(SINK, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        chain.service.is_alive(),
+        "the service died\n{}",
+        chain.logs()
+    );
+    check_plays(&chain, "after PipeWire restarted");
+}
