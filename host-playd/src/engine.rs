@@ -763,3 +763,6 @@ fn suppressed_note(suppressed: u64) -> String {
         String::new()
     }
 }
+
+#[cfg(test)]
+mod tests;

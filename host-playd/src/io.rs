@@ -118,6 +118,9 @@ pub struct IoChannel {
     rx: Receiver<IoCommand>,
     wake_tx: Arc<UnixStream>,
     wake_rx: UnixStream,
+    /// The queue counters of [`IoChannel::outgoing`] handles (tests only).
+    #[cfg(test)]
+    test_queues: std::sync::Mutex<HashMap<ClientId, Arc<AtomicUsize>>>,
 }
 
 impl IoChannel {
@@ -131,7 +134,49 @@ impl IoChannel {
             rx,
             wake_tx: Arc::new(wake_tx),
             wake_rx,
+            #[cfg(test)]
+            test_queues: std::sync::Mutex::default(),
         })
+    }
+}
+
+#[cfg(test)]
+impl IoChannel {
+    /// An [`Outgoing`] for client `id` whose messages stay in this channel
+    /// (engine unit tests read them with [`IoChannel::sent`]).
+    pub(crate) fn outgoing(&self, id: ClientId) -> Outgoing {
+        let queued = Arc::new(AtomicUsize::new(0));
+        if let Ok(mut queues) = self.test_queues.lock() {
+            queues.insert(id, Arc::clone(&queued));
+        }
+        Outgoing {
+            id,
+            tx: self.tx.clone(),
+            queued,
+            wake: Arc::clone(&self.wake_tx),
+        }
+    }
+
+    /// What the engine sent so far: messages, and `None` for a close.
+    /// Taking them out empties the guests' queues, as the event loop does.
+    pub(crate) fn sent(&self) -> Vec<(ClientId, Option<HostMessage>)> {
+        let queues = self
+            .test_queues
+            .lock()
+            .map(|q| q.clone())
+            .unwrap_or_default();
+        self.rx
+            .try_iter()
+            .map(|c| match c {
+                IoCommand::Send(id, m) => {
+                    if let Some(queued) = queues.get(&id) {
+                        queued.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    (id, Some(m))
+                }
+                IoCommand::Close(id) => (id, None),
+            })
+            .collect()
     }
 }
 

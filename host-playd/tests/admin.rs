@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{start_playd, Flow, Guest};
+use secure_tunnel_protocol::{GuestMessage, HostMessage};
 
 /// Waits until `playd`'s log has a line containing every one of `words`.
 fn wait_line(playd: &common::ChildGuard, words: &[&str], timeout: Duration) -> String {
@@ -59,6 +60,19 @@ fn sigusr1_logs_per_client_statistics() {
         &mut |n| vec![0; n],
     );
     assert!(flow.sent > 0, "credit was granted");
+    // The Pong comes after the engine took every byte sent before it.
+    guest.send(&GuestMessage::Ping {
+        guest_time_usec: 42,
+    });
+    guest
+        .wait_for(Duration::from_secs(3), |m| match m {
+            HostMessage::Pong {
+                guest_time_usec: 42,
+                ..
+            } => Some(()),
+            _ => None,
+        })
+        .expect("a Pong");
 
     let status = Command::new("kill")
         .arg("-USR1")
