@@ -1,6 +1,7 @@
 //! The host's monotonic clock in microseconds, and a log rate limiter.
 #![forbid(unsafe_code)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Host monotonic time in microseconds since the daemon started. Every
@@ -8,25 +9,54 @@ use std::time::{Duration, Instant};
 /// so they share an epoch.
 #[derive(Debug, Clone, Copy)]
 pub struct HostClock {
-    epoch: Instant,
+    source: Source,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Real {
+        epoch: Instant,
+    },
+    /// A FAKE clock for deterministic tests: the time is whatever the test
+    /// stored.
+    Fake(&'static AtomicU64),
 }
 
 impl HostClock {
     pub fn new() -> Self {
         HostClock {
-            epoch: Instant::now(),
+            source: Source::Real {
+                epoch: Instant::now(),
+            },
+        }
+    }
+
+    /// A fake clock for deterministic tests: it reads `now_usec`, which the
+    /// test advances (leak one `AtomicU64` per test).
+    pub fn fake(now_usec: &'static AtomicU64) -> Self {
+        HostClock {
+            source: Source::Fake(now_usec),
         }
     }
 
     /// Microseconds since the epoch.
     pub fn now_usec(&self) -> u64 {
-        self.usec_at(Instant::now())
+        match self.source {
+            Source::Real { .. } => self.usec_at(Instant::now()),
+            Source::Fake(now) => now.load(Ordering::SeqCst),
+        }
     }
 
-    /// Microseconds from the epoch to `at` (zero before the epoch).
+    /// Microseconds from the epoch to `at` (zero before the epoch); a fake
+    /// clock answers its current time.
     pub fn usec_at(&self, at: Instant) -> u64 {
-        let usec = at.saturating_duration_since(self.epoch).as_micros();
-        u64::try_from(usec).unwrap_or(u64::MAX)
+        match self.source {
+            Source::Real { epoch } => {
+                let usec = at.saturating_duration_since(epoch).as_micros();
+                u64::try_from(usec).unwrap_or(u64::MAX)
+            }
+            Source::Fake(now) => now.load(Ordering::SeqCst),
+        }
     }
 }
 

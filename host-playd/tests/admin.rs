@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{start_playd, Flow, Guest};
+use secure_tunnel_protocol::{GuestMessage, HostMessage};
 
 /// Waits until `playd`'s log has a line containing every one of `words`.
 fn wait_line(playd: &common::ChildGuard, words: &[&str], timeout: Duration) -> String {
@@ -39,7 +40,7 @@ fn sigusr1_logs_per_client_statistics() {
     let mut playd = start_playd(dir.path(), &socket, &["--backend", "null"]);
 
     // A connection from this uid, gone again (start_playd's readiness probe
-    // was one already): the next counts as a reconnect.
+    // was one already).
     let mut first = Guest::connect(&socket);
     first.handshake(100_000);
     drop(first);
@@ -59,6 +60,19 @@ fn sigusr1_logs_per_client_statistics() {
         &mut |n| vec![0; n],
     );
     assert!(flow.sent > 0, "credit was granted");
+    // The Pong comes after the engine took every byte sent before it.
+    guest.send(&GuestMessage::Ping {
+        guest_time_usec: 42,
+    });
+    guest
+        .wait_for(Duration::from_secs(3), |m| match m {
+            HostMessage::Pong {
+                guest_time_usec: 42,
+                ..
+            } => Some(()),
+            _ => None,
+        })
+        .expect("a Pong");
 
     let status = Command::new("kill")
         .arg("-USR1")
@@ -83,7 +97,10 @@ fn sigusr1_logs_per_client_statistics() {
         !line.contains("latency -"),
         "a streaming client has a latency: {line}"
     );
-    assert!(number_before(&line, " reconnects") >= 1, "{line}");
+    // Counted only while the identity has a connection open (no
+    // per-identity state outlives its connections, issue 10): `first` may
+    // or may not still be open here, depending on its reader thread.
+    assert!(number_before(&line, " reconnects") <= 2, "{line}");
     assert!(
         playd.child.try_wait().unwrap().is_none(),
         "SIGUSR1 must not end host-playd"
