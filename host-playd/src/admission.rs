@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::policy::IdentityKey;
 
 /// Connections of one identity that may be in their handshake at once.
-pub const HANDSHAKE_PER_IDENTITY: usize = 4;
+pub const HANDSHAKE_PER_IDENTITY: usize = 16;
 /// Connections of all identities that may be in their handshake at once.
 pub const HANDSHAKE_TOTAL: usize = 32;
 

@@ -20,7 +20,8 @@ use crate::backend::{AudioBackend, BackendError};
 use crate::clock::HostClock;
 use crate::connection::Counters;
 use crate::engine::{self, Command, Engine, EngineConfig, WakeReceiver};
-use crate::listen::{Acceptance, BindError, ListenAddr, Listener};
+use crate::io::{Acceptance, IoChannel};
+use crate::listen::{BindError, ListenAddr, Listener};
 use crate::policy::{Matcher, Policy};
 use crate::sandbox::{self, ResourceLimits, SandboxConfig, SandboxError, SandboxMode};
 
@@ -173,6 +174,14 @@ impl Daemon {
         if !backend.settle(SETTLE_TIMEOUT, &wake) {
             log::warn!("not connected to the audio server yet; retrying from inside the sandbox");
         }
+        // Everything the guest-facing loop needs is made before the
+        // sandbox: it can make no socket afterwards.
+        let io_channel = IoChannel::new()?;
+        let accept_sockets = self
+            .listeners
+            .iter()
+            .map(Listener::accept_socket)
+            .collect::<Result<Vec<_>, _>>()?;
         let sandbox = self.sandbox_config();
         let sandboxed = sandbox.mode != SandboxMode::Off;
         sandbox::apply(&sandbox)?;
@@ -193,11 +202,10 @@ impl Daemon {
             policy: Arc::clone(&self.config.policy),
             slots: HandshakeSlots::default(),
         };
+        crate::io::spawn(accept_sockets, io_channel, acceptance)?;
         for listener in &self.listeners {
-            listener.spawn_acceptor(acceptance.clone())?;
             log::info!("listening on {}", listener.name());
         }
-        drop(acceptance);
 
         let engine_done = AtomicBool::new(false);
         let stats_request = self.stats_request.take();

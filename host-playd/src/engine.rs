@@ -12,6 +12,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+
+use crate::io::Outgoing;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -45,7 +47,7 @@ pub enum Command {
         peer: String,
         /// Who the kernel says the peer is; the policy decides on it.
         identity: PeerIdentity,
-        outgoing: SyncSender<HostMessage>,
+        outgoing: Outgoing,
         /// Held until the session leaves its handshake.
         slot: Option<HandshakeSlot>,
     },
@@ -201,7 +203,7 @@ struct Client {
     peer: String,
     identity: PeerIdentity,
     admission: Admission,
-    outgoing: Option<SyncSender<HostMessage>>,
+    outgoing: Option<Outgoing>,
     /// The handshake slot, until the session leaves the handshake.
     slot: Option<HandshakeSlot>,
     /// Host time of the last message from the guest (or of the connect).

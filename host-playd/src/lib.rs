@@ -1,10 +1,11 @@
 //! host-playd: plays secure-tunnel guest streams through the host's
 //! PulseAudio and reports the host's playback clock back to each guest.
 //!
-//! Threads: one acceptor per listener, a reader and a writer per guest
-//! connection, a shutdown watcher, and the main thread, which becomes the
-//! engine: it owns every session and the audio backend (libpulse objects
-//! never leave it). All but the main thread start after the sandbox.
+//! Threads, whatever the number of guests: the guest-facing event loop
+//! (every listener and connection on one poll), a shutdown watcher, and the
+//! main thread, which becomes the engine: it owns every session and the
+//! audio backend (libpulse objects never leave it). All but the main thread
+//! start after the sandbox.
 //!
 //! `unsafe` is denied crate-wide and forbidden in every module but [`sys`],
 //! which adopts systemd's listening sockets by descriptor number.
@@ -22,13 +23,15 @@ pub mod cli;
 pub mod clock;
 /// The configuration file.
 pub mod config;
-/// Per-connection reader and writer threads.
+/// A guest connection's socket, of any listener kind.
 pub mod connection;
 /// Wiring: listeners, engine thread, shutdown.
 pub mod daemon;
 /// The engine thread: sessions meet the backend.
 pub mod engine;
-/// Listen addresses and acceptors.
+/// The guest-facing event loop: accept, read, decode, write.
+pub mod io;
+/// Listen addresses and listening sockets.
 pub mod listen;
 /// Who a guest is and what it may do.
 pub mod policy;

@@ -6,14 +6,11 @@ use std::fmt;
 use std::fs;
 use std::io::{self, ErrorKind, Write as _};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{self, sockopt, AddressFamily, SockaddrLike, SockaddrStorage};
@@ -22,11 +19,8 @@ use vsock::VsockListener;
 
 use secure_tunnel_protocol::{encode_frame, HostMessage, RejectReason};
 
-use crate::admission::HandshakeSlots;
-use crate::clock::{HostClock, RateLimit};
-use crate::connection::{self, Conn, Counters};
-use crate::engine::EngineHandle;
-use crate::policy::{Admission, PeerIdentity, Policy};
+use crate::connection::Conn;
+use crate::policy::PeerIdentity;
 
 /// `VMADDR_CID_ANY`: listen on every context id of this host.
 pub const VSOCK_CID_ANY: u32 = u32::MAX;
@@ -284,108 +278,57 @@ impl Listener {
         self.unix_file.take().map(|(path, _, _)| path)
     }
 
-    fn try_clone_socket(&self) -> io::Result<Socket> {
-        Ok(match &self.socket {
+    /// A second handle on the listening socket, for the event loop.
+    pub fn accept_socket(&self) -> io::Result<AcceptSocket> {
+        let socket = match &self.socket {
             Socket::Unix(l) => Socket::Unix(l.try_clone()?),
             Socket::Tcp(l) => Socket::Tcp(l.try_clone()?),
             Socket::Vsock(l) => Socket::Vsock(l.try_clone()?),
+        };
+        Ok(AcceptSocket {
+            socket,
+            name: self.name.clone(),
         })
     }
+}
 
-    /// Starts a thread accepting guests on this listener until the process
-    /// ends. A peer the policy denies is answered with a Reject and closed
-    /// before anything is read from it; an allowed one needs a handshake
-    /// slot (see [`crate::admission`]) and one of `max_connections`
-    /// connection slots. Refusals are logged at a bounded rate.
-    pub fn spawn_acceptor(&self, shared: Acceptance) -> io::Result<()> {
-        let socket = self.try_clone_socket()?;
-        let name = self.name.clone();
-        thread::Builder::new()
-            .name(format!("accept {name}"))
-            .spawn(move || {
-                // Connection threads inherit this thread's niceness.
-                crate::sys::return_to_base_nice();
-                let mut limit = RateLimit::new(5, Duration::from_secs(10));
-                let mut lingering = Lingering::default();
-                loop {
-                    let accepted = accept(&socket);
-                    lingering.expire(Instant::now());
-                    let (conn, peer, identity) = match accepted {
-                        Ok(accepted) => accepted,
-                        Err(e) => {
-                            if limit.check(Instant::now()).is_some() {
-                                log::warn!("accept on {name} failed: {e}");
-                            }
-                            thread::sleep(Duration::from_millis(100));
-                            continue;
-                        }
-                    };
-                    let mut refuse = |conn: Box<dyn Conn>,
-                                      reason: RejectReason,
-                                      text: &str,
-                                      limit: &mut RateLimit| {
-                        if let Some(suppressed) = limit.check(Instant::now()) {
-                            log::warn!(
-                                "refusing ({identity}) on {name}, rejected ({reason:?}) before reading: {text}{}",
-                                suppressed_note(suppressed)
-                            );
-                        }
-                        lingering.push(refuse_conn(conn, reason, text), Instant::now());
-                    };
-                    if let Admission::Denied { reason } = shared.policy.admit(&identity) {
-                        refuse(conn, RejectReason::NotAllowed, &reason, &mut limit);
-                        continue;
-                    }
-                    if shared.counters.readers.load(Ordering::SeqCst) >= shared.max_connections {
-                        let text = format!("{} connections (the maximum)", shared.max_connections);
-                        refuse(conn, RejectReason::TooManyClients, &text, &mut limit);
-                        continue;
-                    }
-                    let slot = match shared.slots.acquire(identity.key()) {
-                        Ok(slot) => slot,
-                        Err(text) => {
-                            refuse(conn, RejectReason::TooManyClients, &text, &mut limit);
-                            continue;
-                        }
-                    };
-                    let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
-                    let peer = format!("{name} {peer}");
-                    let accepted = connection::Accepted {
-                        id,
-                        conn,
-                        peer,
-                        identity,
-                        slot,
-                    };
-                    if let Err(e) = connection::spawn(
-                        accepted,
-                        shared.engine.clone(),
-                        shared.clock,
-                        &shared.counters,
-                    ) {
-                        log::error!("cannot serve a connection on {name}: {e}");
-                    }
-                }
-            })?;
-        Ok(())
+/// A listening socket as the event loop uses it: non-blocking, polled.
+#[derive(Debug)]
+pub struct AcceptSocket {
+    socket: Socket,
+    name: String,
+}
+
+impl AcceptSocket {
+    /// The address as bound, for logs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Makes `accept` return `WouldBlock` instead of waiting.
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        match &self.socket {
+            Socket::Unix(l) => l.set_nonblocking(true),
+            Socket::Tcp(l) => l.set_nonblocking(true),
+            Socket::Vsock(l) => l.set_nonblocking(true),
+        }
+    }
+
+    /// The descriptor, for poll(2).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match &self.socket {
+            Socket::Unix(l) => l.as_fd(),
+            Socket::Tcp(l) => l.as_fd(),
+            Socket::Vsock(l) => l.as_fd(),
+        }
+    }
+
+    /// Takes one pending connection, with what the kernel says about the
+    /// peer; nothing is read from it.
+    pub fn accept(&self) -> io::Result<(Box<dyn Conn>, String, PeerIdentity)> {
+        accept(&self.socket)
     }
 }
-
-/// What every acceptor shares.
-#[derive(Debug, Clone)]
-pub struct Acceptance {
-    pub engine: EngineHandle,
-    pub clock: HostClock,
-    pub counters: Counters,
-    pub next_id: Arc<AtomicU64>,
-    pub max_connections: usize,
-    pub policy: Arc<Policy>,
-    pub slots: HandshakeSlots,
-}
-
-/// How long a refusal may wait for the socket to take its Reject (a fresh
-/// socket's send buffer is empty, so it never should).
-const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_millis(20);
 
 /// How long a refused connection stays open after its Reject, so that the
 /// guest's Hello (already on its way) does not fail with EPIPE or make the
@@ -397,19 +340,19 @@ pub const MAX_LINGERING: usize = 64;
 
 /// Refused connections waiting to be closed.
 #[derive(Default)]
-struct Lingering {
+pub(crate) struct Lingering {
     conns: std::collections::VecDeque<(Instant, Box<dyn Conn>)>,
 }
 
 impl Lingering {
-    fn push(&mut self, conn: Box<dyn Conn>, now: Instant) {
+    pub(crate) fn push(&mut self, conn: Box<dyn Conn>, now: Instant) {
         if self.conns.len() >= MAX_LINGERING {
             self.conns.pop_front();
         }
         self.conns.push_back((now, conn));
     }
 
-    fn expire(&mut self, now: Instant) {
+    pub(crate) fn expire(&mut self, now: Instant) {
         while let Some((at, _)) = self.conns.front() {
             if now.saturating_duration_since(*at) < REFUSED_LINGER {
                 break;
@@ -419,9 +362,17 @@ impl Lingering {
     }
 }
 
+/// How long a refusal may wait for the socket to take its Reject (a fresh
+/// socket's send buffer is empty, so it never should).
+const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_millis(20);
+
 /// Tells a refused peer why, without reading anything from it, and ends
 /// the sending direction; the caller closes it after [`REFUSED_LINGER`].
-fn refuse_conn(mut conn: Box<dyn Conn>, reason: RejectReason, text: &str) -> Box<dyn Conn> {
+pub(crate) fn refuse_conn(
+    mut conn: Box<dyn Conn>,
+    reason: RejectReason,
+    text: &str,
+) -> Box<dyn Conn> {
     let mut frame = Vec::new();
     let reject = HostMessage::Reject {
         reason,
@@ -436,7 +387,7 @@ fn refuse_conn(mut conn: Box<dyn Conn>, reason: RejectReason, text: &str) -> Box
     conn
 }
 
-fn suppressed_note(suppressed: u64) -> String {
+pub(crate) fn suppressed_note(suppressed: u64) -> String {
     if suppressed > 0 {
         format!(" ({suppressed} similar lines suppressed)")
     } else {

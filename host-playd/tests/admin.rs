@@ -39,7 +39,7 @@ fn sigusr1_logs_per_client_statistics() {
     let mut playd = start_playd(dir.path(), &socket, &["--backend", "null"]);
 
     // A connection from this uid, gone again (start_playd's readiness probe
-    // was one already): the next counts as a reconnect.
+    // was one already).
     let mut first = Guest::connect(&socket);
     first.handshake(100_000);
     drop(first);
@@ -83,7 +83,10 @@ fn sigusr1_logs_per_client_statistics() {
         !line.contains("latency -"),
         "a streaming client has a latency: {line}"
     );
-    assert!(number_before(&line, " reconnects") >= 1, "{line}");
+    // Counted only while the identity has a connection open (no
+    // per-identity state outlives its connections, issue 10): `first` may
+    // or may not still be open here, depending on its reader thread.
+    assert!(number_before(&line, " reconnects") <= 2, "{line}");
     assert!(
         playd.child.try_wait().unwrap().is_none(),
         "SIGUSR1 must not end host-playd"
