@@ -708,7 +708,6 @@ fn hostile_text_never_reaches_the_log_or_the_mixer_raw() {
 }
 
 #[test]
-#[ignore = "issue 10: host-playd still runs two threads per guest (no event loop yet)"]
 fn threads_do_not_grow_with_guests() {
     let _serial = serial();
     let host = Host::start_config(&["--max-clients", "32"], Some(ROOMY));
