@@ -21,7 +21,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use secure_tunnel_protocol::{encode_frame, FrameReader, GuestMessage, HostMessage, RejectReason};
+use secure_tunnel_protocol::{
+    encode_frame, FrameReader, GuestMessage, HostMessage, ProtocolError, RejectReason,
+};
 
 use crate::admission::{HandshakeSlot, HandshakeSlots};
 use crate::budget::MessageBudget;
@@ -388,7 +390,9 @@ impl EventLoop {
             .get(index)
             .map_or("?", |l| l.name())
             .to_owned();
-        let refusal = if let Admission::Denied { reason } = self.shared.policy.admit_on(Some(&name), &identity) {
+        let refusal = if let Admission::Denied { reason } =
+            self.shared.policy.admit_on(Some(&name), &identity)
+        {
             Some((Some(RejectReason::NotAllowed), reason))
         } else if self.conns.len() >= self.shared.max_connections {
             let text = format!("{} connections (the maximum)", self.shared.max_connections);
@@ -494,6 +498,14 @@ impl EventLoop {
                 break;
             };
             match c.conn.read(buf) {
+                // End of stream inside a frame is a truncated frame
+                // (docs/protocol.md): answered with a Reject, as before.
+                Ok(0) if c.reader.pending() > 0 => {
+                    end = Some(Command::ProtocolError {
+                        id,
+                        error: ProtocolError::Truncated.to_string(),
+                    });
+                }
                 Ok(0) => end = Some(Command::Disconnected { id }),
                 Ok(n) => {
                     budget_left = budget_left.saturating_sub(n);

@@ -419,7 +419,6 @@ fn run_attacks(socket: PathBuf, done: Arc<AtomicBool>) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "issue 10: host-playd's event loop answers a truncated Hello with a plain close, not Reject(BadRequest) (iso.findings)"]
 fn hostile_clients_do_not_disturb_a_legit_stream() {
     let timeout = HANDSHAKE_TIMEOUT_MS.to_string();
     let mut stack = TunnelStack::start_with(
