@@ -574,7 +574,7 @@ fn is_root() -> bool {
 }
 
 #[test]
-#[ignore = "issue 10: the latency floor is not yet applied to the host sink (2.5 ms with a 1 ms request)"]
+#[ignore = "issue 10, open: min_latency_ms floors the host stream buffer (tlength); with ADJUST_LATENCY PulseAudio runs the sink at (tlength - 2*minreq)/2, 2.5 ms for the 10 ms floor. Raising the sink itself to 10 ms needs a 40 ms buffer, against issue 10 own write-to-heard target at latency_msec=10; see the closing note"]
 fn a_tiny_latency_request_leaves_the_host_sink_at_the_floor() {
     let _serial = serial();
     let host = Host::start(&[]);
