@@ -2,7 +2,6 @@
 //! listeners bound to them, and their accept loops.
 #![forbid(unsafe_code)]
 
-use std::fmt;
 use std::fs;
 use std::io::{self, ErrorKind, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -10,7 +9,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{self, sockopt, AddressFamily, SockaddrLike, SockaddrStorage};
@@ -22,109 +20,9 @@ use secure_tunnel_protocol::{encode_frame, HostMessage, RejectReason};
 use crate::connection::Conn;
 use crate::policy::PeerIdentity;
 
-/// `VMADDR_CID_ANY`: listen on every context id of this host.
-pub const VSOCK_CID_ANY: u32 = u32::MAX;
-
-/// Where host-playd listens for guests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenAddr {
-    /// A unix socket file, created mode 0666.
-    Unix(PathBuf),
-    /// A TCP address; `host` is a name or an IP (IPv6 in brackets).
-    Tcp { host: String, port: u16 },
-    /// A vsock address; `cid` may be [`VSOCK_CID_ANY`] (written `any`).
-    Vsock { cid: u32, port: u32 },
-}
-
-/// Why a listen address did not parse.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum AddrError {
-    #[error("{0:?} has no scheme; expected unix:PATH, tcp:HOST:PORT or vsock:CID:PORT")]
-    NoScheme(String),
-    #[error("unknown scheme {0:?}; expected unix, tcp or vsock")]
-    UnknownScheme(String),
-    #[error("unix: needs a socket path")]
-    EmptyPath,
-    #[error("{0:?} is not HOST:PORT")]
-    NoPort(String),
-    #[error("empty host in {0:?}")]
-    EmptyHost(String),
-    #[error("bad port {0:?}")]
-    BadPort(String),
-    #[error("bad vsock context id {0:?} (a number or \"any\")")]
-    BadCid(String),
-}
-
-impl FromStr for ListenAddr {
-    type Err = AddrError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (scheme, rest) = s
-            .split_once(':')
-            .ok_or_else(|| AddrError::NoScheme(s.to_owned()))?;
-        match scheme {
-            "unix" => {
-                if rest.is_empty() {
-                    return Err(AddrError::EmptyPath);
-                }
-                Ok(ListenAddr::Unix(PathBuf::from(rest)))
-            }
-            "tcp" => {
-                let (host, port) = rest
-                    .rsplit_once(':')
-                    .ok_or_else(|| AddrError::NoPort(rest.to_owned()))?;
-                let host = host
-                    .strip_prefix('[')
-                    .and_then(|h| h.strip_suffix(']'))
-                    .unwrap_or(host);
-                if host.is_empty() {
-                    return Err(AddrError::EmptyHost(rest.to_owned()));
-                }
-                if host.contains(':') && !rest.starts_with('[') {
-                    // "tcp:::1:80" is ambiguous; IPv6 goes in brackets.
-                    return Err(AddrError::NoPort(rest.to_owned()));
-                }
-                let port = port
-                    .parse()
-                    .map_err(|_| AddrError::BadPort(port.to_owned()))?;
-                Ok(ListenAddr::Tcp {
-                    host: host.to_owned(),
-                    port,
-                })
-            }
-            "vsock" => {
-                let (cid, port) = rest
-                    .split_once(':')
-                    .ok_or_else(|| AddrError::NoPort(rest.to_owned()))?;
-                let cid = match cid {
-                    "any" | "-1" => VSOCK_CID_ANY,
-                    _ => cid.parse().map_err(|_| AddrError::BadCid(cid.to_owned()))?,
-                };
-                let port = port
-                    .parse()
-                    .map_err(|_| AddrError::BadPort(port.to_owned()))?;
-                Ok(ListenAddr::Vsock { cid, port })
-            }
-            other => Err(AddrError::UnknownScheme(other.to_owned())),
-        }
-    }
-}
-
-impl fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
-            ListenAddr::Tcp { host, port } if host.contains(':') => {
-                write!(f, "tcp:[{host}]:{port}")
-            }
-            ListenAddr::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
-            ListenAddr::Vsock { cid, port } if *cid == VSOCK_CID_ANY => {
-                write!(f, "vsock:any:{port}")
-            }
-            ListenAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
-        }
-    }
-}
+/// The address grammar (`unix:PATH`, `tcp:HOST:PORT`, `vsock:CID:PORT`) is
+/// the protocol crate's, shared with the guest side so both parse alike.
+pub use secure_tunnel_protocol::{AddrError, Address as ListenAddr, VSOCK_CID_ANY};
 
 /// Why a listener could not be bound.
 #[derive(Debug, Error)]
@@ -562,9 +460,14 @@ mod tests {
             parse("tcp:[]:4713"),
             Err(AddrError::EmptyHost("[]:4713".into()))
         );
+        // The shared grammar reads an unbracketed IPv6 host up to the
+        // last colon (additive: it was refused before).
         assert_eq!(
             parse("tcp:::1:4713"),
-            Err(AddrError::NoPort("::1:4713".into()))
+            Ok(ListenAddr::Tcp {
+                host: "::1".into(),
+                port: 4713
+            })
         );
         assert_eq!(
             parse("tcp:h:65536"),

@@ -55,6 +55,7 @@ impl Rig {
         self.engine.command(Command::Connect {
             id,
             peer: format!("test peer {id}"),
+            listener: "unix:/test/guest.sock".to_owned(),
             identity: PeerIdentity::Unix {
                 uid,
                 gid: uid,
