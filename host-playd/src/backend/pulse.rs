@@ -110,6 +110,9 @@ pub const MAX_PENDING_OPS: usize = 4;
 /// How often each stream's timing is refreshed from the server.
 pub const TIMING_UPDATE_USEC: u64 = 20_000;
 
+/// How far past the last timing update the played position is extrapolated.
+pub const MAX_EXTRAPOLATION_USEC: u64 = 2 * TIMING_UPDATE_USEC;
+
 /// The PulseAudio backend. Field order is drop order: streams before the
 /// context before the main loop.
 pub struct PulseBackend {
@@ -659,10 +662,14 @@ impl PulseStream {
     /// Guest bytes heard at host time `now`, from the last timing update.
     fn played_at(&self, now: u64) -> Option<u64> {
         let base = self.base?;
+        // Extrapolate at most a few timing periods past the last update: if
+        // the daemon itself was stalled (scheduled out, stopped), the sink
+        // did not necessarily play on, and `last_played` never goes back.
         let elapsed = if self.corked {
             0
         } else {
-            i64::try_from(now.saturating_sub(base.at_usec)).unwrap_or(i64::MAX)
+            let since = now.saturating_sub(base.at_usec).min(MAX_EXTRAPOLATION_USEC);
+            i64::try_from(since).unwrap_or(i64::MAX)
         };
         let mut heard_usec = base.heard_usec.saturating_add(elapsed);
         if !base.playing {
