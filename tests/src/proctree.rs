@@ -2,6 +2,10 @@
 //! may run as several processes, and a budget counts all of them.
 
 use std::fs;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 /// `pid` and all its descendants that are alive now.
 pub fn process_tree(pid: u32) -> Vec<u32> {
@@ -58,6 +62,47 @@ pub fn tree_threads(pid: u32) -> u64 {
         .into_iter()
         .filter_map(|p| status_field(p, "Threads:"))
         .sum()
+}
+
+/// Samples a memory reading every 50 ms on a thread of its own and keeps
+/// the largest value, until [`PeakSampler::stop`].
+#[derive(Debug)]
+pub struct PeakSampler {
+    done: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: JoinHandle<()>,
+}
+
+impl PeakSampler {
+    /// Starts sampling `read` (KiB; `None` readings are skipped).
+    pub fn start(read: impl Fn() -> Option<u64> + Send + 'static) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (done, peak) = (Arc::clone(&done), Arc::clone(&peak));
+            thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    if let Some(kib) = read() {
+                        peak.fetch_max(kib, Ordering::SeqCst);
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        PeakSampler { done, peak, thread }
+    }
+
+    /// The flag that stops sampling, for code that decides when to stop.
+    pub fn done_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.done)
+    }
+
+    /// Stops sampling and returns the peak seen.
+    pub fn stop(self) -> u64 {
+        self.done.store(true, Ordering::SeqCst);
+        self.thread.join().expect("memory sampler");
+        self.peak.load(Ordering::SeqCst)
+    }
 }
 
 #[cfg(test)]

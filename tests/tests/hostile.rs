@@ -6,12 +6,14 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use secure_tunnel_e2e::{robust, signal, Player, Recorder, TunnelStack, GUEST_SINK, HOST_SINK};
+use secure_tunnel_e2e::{
+    proctree, robust, signal, Player, Recorder, TunnelStack, GUEST_SINK, HOST_SINK,
+};
 use secure_tunnel_protocol::{
     encode_frame, read_frame, FrameReader, GuestMessage, Hello, HostMessage, ProtocolError,
     RejectReason, SampleFormat, StreamSpec, MAGIC, MAX_AUDIO_CHUNK, PROTOCOL_VERSION,
@@ -445,21 +447,10 @@ fn hostile_clients_do_not_disturb_a_legit_stream() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
 
-    let done = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (done, peak) = (Arc::clone(&done), Arc::clone(&peak));
-        thread::spawn(move || {
-            while !done.load(Ordering::SeqCst) {
-                if let Some(m) = robust::memory(pid) {
-                    peak.fetch_max(m.rss_kib, Ordering::SeqCst);
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    let sampler = proctree::PeakSampler::start(move || robust::memory(pid).map(|m| m.rss_kib));
+    let done = sampler.done_flag();
     let (notes, attack_time) = robust::timed(|| run_attacks(stack.socket.clone(), done));
-    sampler.join().expect("memory sampler");
+    let peak = sampler.stop();
     assert!(
         stack.playd.is_alive(),
         "host-playd died under attack\n{}",
@@ -492,7 +483,7 @@ fn hostile_clients_do_not_disturb_a_legit_stream() {
     println!(
         "hostile: host-playd RSS idle {} KiB, sampled peak {} KiB, after {} KiB, VmHWM {} KiB (bound {RSS_BOUND_KIB} KiB)",
         idle.rss_kib,
-        peak.load(Ordering::SeqCst),
+        peak,
         after.rss_kib,
         after.hwm_kib
     );

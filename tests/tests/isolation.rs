@@ -13,10 +13,7 @@ use std::{
     net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, PoisonError,
-    },
+    sync::{Mutex, MutexGuard, PoisonError},
     thread,
     time::{Duration, Instant},
 };
@@ -401,17 +398,7 @@ fn control_floods_do_not_disturb_a_neighbour() {
     let legit = host.legit();
     let idle = proctree::tree_rss_kib(pid);
 
-    let done = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (done, peak) = (Arc::clone(&done), Arc::clone(&peak));
-        thread::spawn(move || {
-            while !done.load(Ordering::SeqCst) {
-                peak.fetch_max(proctree::tree_rss_kib(pid), Ordering::SeqCst);
-                thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    let sampler = proctree::PeakSampler::start(move || Some(proctree::tree_rss_kib(pid)));
     legit.new_window();
     let until = Instant::now() + Duration::from_secs(15);
     let flooders: Vec<_> = FLOODS
@@ -426,9 +413,7 @@ fn control_floods_do_not_disturb_a_neighbour() {
         .map(|(k, h)| (k, h.join().expect("flooder")))
         .collect();
     let r = legit.report();
-    done.store(true, Ordering::SeqCst);
-    sampler.join().expect("memory sampler");
-    let peak = peak.load(Ordering::SeqCst);
+    let peak = sampler.stop();
 
     for (kind, o) in &outcomes {
         let mut closes = o.closes.clone();
