@@ -95,6 +95,10 @@ done
 in_ct() { timeout 30 nsenter -t "$leader" -a "$@"; }
 state=""
 for _ in $(seq 120); do
+  # nspawn's first child can be its short-lived outer helper: take the
+  # container's PID 1 (comm "systemd") as soon as it exists.
+  pid1="$(pgrep -P "$nspawn" -x systemd | head -1 || true)"
+  [ -n "$pid1" ] && leader="$pid1"
   state="$(in_ct systemctl is-system-running 2>/dev/null || true)"
   case "$state" in running|degraded) break ;; esac
   sleep 0.5
