@@ -7,7 +7,9 @@
 //! probe; both on one clock). Every impulse written from 200 ms after
 //! SIGCONT on must be heard within `TOLERANCE_MS` of its prediction.
 //!
-//! It fails today (2026-12-02): before the stop predictions are within
+//! It fails today (2026-12-02; rerun after the clock mapper learnt to drop
+//! delayed round trips: 59 ms off at 0.3 s, 34 ms at 1.8 s, 12 ms at 2.1 s,
+//! then −6..−20 ms): before the stop predictions are within
 //! 0.3 ms; after it, impulses are heard 53–97 ms later than predicted for
 //! about 2 s, and the error then drifts through zero to about −25 ms 7 s
 //! later. The pure simulation of the same stop (`drift_sim.rs`) recovers in

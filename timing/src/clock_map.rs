@@ -11,6 +11,15 @@ const SEGMENT: usize = 4;
 const MAX_SKEW: f64 = 0.005;
 /// The fit needs samples spread over at least this much guest time.
 const MIN_FIT_SPAN_USEC: i128 = 1_000_000;
+/// A fit point whose round trip exceeds the median of the points' round
+/// trips by more than this factor (plus [`RTT_OUTLIER_SLACK_USEC`]) is left
+/// out: a trip delayed on one side (a stalled or loaded host reads the ping
+/// late) is off by up to half its extra delay, and one such point at the end
+/// of the window bent the whole line for the window's 16 s (issue 14: +56 ms
+/// after a host underrun, decaying by ~3.7 ms/s).
+const RTT_OUTLIER_FACTOR: u64 = 2;
+/// See [`RTT_OUTLIER_FACTOR`]: ordinary jitter on a quiet link stays below.
+const RTT_OUTLIER_SLACK_USEC: u64 = 2_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -89,6 +98,7 @@ impl ClockMapper {
             .chunks(SEGMENT)
             .filter_map(|seg| seg.iter().copied().min_by_key(|s| s.rtt))
             .collect();
+        let good = without_delayed_trips(good);
         let (first, last) = (good.first()?, good.last()?);
         if good.len() < 3 || last.guest_mid - first.guest_mid < MIN_FIT_SPAN_USEC {
             return Some(plain);
@@ -154,6 +164,20 @@ impl ClockMapper {
     }
 }
 
+/// `points` less those whose round trip is far above the median one (see
+/// [`RTT_OUTLIER_FACTOR`]); the order is kept.
+fn without_delayed_trips(points: Vec<Sample>) -> Vec<Sample> {
+    let mut rtts: Vec<u64> = points.iter().map(|s| s.rtt).collect();
+    rtts.sort_unstable();
+    let Some(&median) = rtts.get(rtts.len() / 2) else {
+        return points;
+    };
+    let limit = median
+        .saturating_mul(RTT_OUTLIER_FACTOR)
+        .saturating_add(RTT_OUTLIER_SLACK_USEC);
+    points.into_iter().filter(|s| s.rtt <= limit).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +231,36 @@ mod tests {
         let guest = 100_000_000 + 40 * 250_000 + 2_000_000;
         let mapped = map.host_to_guest(host_at(guest)).unwrap();
         assert!(mapped.abs_diff(guest) <= 3, "{mapped} vs {guest}");
+    }
+
+    #[test]
+    fn a_host_stall_does_not_bend_the_fit() {
+        // host = 1.001 * guest + 3 s, symmetric 2 ms trips every 250 ms,
+        // except that for 1.5 s the host reads each ping 100 ms late (a
+        // stalled or overloaded host-playd): those trips say the offset is
+        // ~50 ms larger than it is.
+        let host_at = |g: u64| 3_000_000 + g + g / 1000;
+        let mut map = ClockMapper::new();
+        let mut last = 0;
+        for i in 0..64u64 {
+            let sent = 100_000_000 + i * 250_000;
+            let stalled = (56..62).contains(&i);
+            let (host, received) = if stalled {
+                (host_at(sent + 101_000), sent + 102_000)
+            } else {
+                (host_at(sent + 1_000), sent + 2_000)
+            };
+            map.on_pong(sent, host, received);
+            last = received;
+        }
+        let guest = last + 1_000_000;
+        let mapped = map.host_to_guest(host_at(guest)).unwrap();
+        assert!(
+            mapped.abs_diff(guest) <= 50,
+            "mapped {mapped} vs {guest}: off by {} us",
+            mapped.abs_diff(guest)
+        );
+        assert!((map.skew() - 0.001).abs() < 1e-5, "skew {}", map.skew());
     }
 
     #[test]
