@@ -31,6 +31,27 @@ impl HostClock {
         }
     }
 
+    /// The clock of another process of this daemon: the same epoch, given
+    /// as a `CLOCK_MONOTONIC` reading (see [`HostClock::epoch_monotonic_usec`]),
+    /// so that host times from both processes can be compared.
+    pub fn from_epoch_monotonic(epoch_usec: u64) -> Self {
+        let now = Instant::now();
+        let since = monotonic_usec().saturating_sub(epoch_usec);
+        let epoch = now.checked_sub(Duration::from_micros(since)).unwrap_or(now);
+        HostClock {
+            source: Source::Real { epoch },
+        }
+    }
+
+    /// This clock's epoch as a `CLOCK_MONOTONIC` reading in microseconds
+    /// (`Instant` is that clock on Linux); `None` for a fake clock.
+    pub fn epoch_monotonic_usec(&self) -> Option<u64> {
+        match self.source {
+            Source::Real { .. } => Some(monotonic_usec().saturating_sub(self.now_usec())),
+            Source::Fake(_) => None,
+        }
+    }
+
     /// A fake clock for deterministic tests: it reads `now_usec`, which the
     /// test advances (leak one `AtomicU64` per test).
     pub fn fake(now_usec: &'static AtomicU64) -> Self {
@@ -130,5 +151,29 @@ mod tests {
         let a = clock.now_usec();
         let b = clock.now_usec();
         assert!(b >= a);
+    }
+}
+
+/// `CLOCK_MONOTONIC` in microseconds.
+fn monotonic_usec() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        let usec = i128::from(t.tv_sec()) * 1_000_000 + i128::from(t.tv_nsec()) / 1_000;
+        u64::try_from(usec).unwrap_or(0)
+    })
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_rebuilt_from_its_epoch_reads_the_same_time() {
+        let clock = HostClock::new();
+        std::thread::sleep(Duration::from_millis(20));
+        let epoch = clock.epoch_monotonic_usec().unwrap_or(0);
+        let other = HostClock::from_epoch_monotonic(epoch);
+        let (a, b) = (clock.now_usec(), other.now_usec());
+        assert!(a.abs_diff(b) < 1_000, "{a} vs {b}");
+        assert!(a >= 20_000);
     }
 }

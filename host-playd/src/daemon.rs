@@ -15,15 +15,17 @@ use thiserror::Error;
 
 use crate::admission::HandshakeSlots;
 use crate::backend::null::NullBackend;
-use crate::backend::pulse::{PulseBackend, PulseConfig};
+use crate::backend::pulse::PulseConfig;
+use crate::backend::remote::RemoteBackend;
 use crate::backend::{AudioBackend, BackendError};
 use crate::clock::HostClock;
 use crate::connection::Counters;
-use crate::engine::{self, Command, Engine, EngineConfig, WakeReceiver};
+use crate::engine::{self, Command, Engine, EngineConfig};
 use crate::io::{Acceptance, IoChannel};
 use crate::listen::{BindError, ListenAddr, Listener};
-use crate::policy::{Matcher, Policy};
-use crate::sandbox::{self, ResourceLimits, SandboxConfig, SandboxError, SandboxMode};
+use crate::player::{self, PlayerConfig, PlayerLimits};
+use crate::policy::{Matcher, Policy, DEFAULT_MIN_LATENCY_USEC};
+use crate::sandbox::{self, ResourceLimits, Role, SandboxConfig, SandboxError, SandboxMode};
 
 /// Default RLIMIT_DATA in MiB.
 pub use crate::sandbox::DEFAULT_MEMORY_MB;
@@ -93,6 +95,10 @@ pub enum DaemonError {
     EngineDied,
     #[error("cannot enter the sandbox: {0}")]
     Sandbox(#[from] SandboxError),
+    #[error("cannot start the player process: {0}")]
+    PlayerStart(std::io::Error),
+    #[error("the player process failed: {0}")]
+    PlayerFailed(String),
 }
 
 /// A daemon with its listeners bound, ready to run.
@@ -102,6 +108,10 @@ pub struct Daemon {
     listeners: Vec<Listener>,
     /// Set by a SIGUSR1 handler: log per-client statistics.
     stats_request: Option<Arc<AtomicBool>>,
+    /// Niceness for the player process (the audio path).
+    player_nice: Option<i32>,
+    /// The binary re-run as the player.
+    player_exe: PathBuf,
 }
 
 impl Daemon {
@@ -139,6 +149,8 @@ impl Daemon {
             config,
             listeners,
             stats_request: None,
+            player_nice: None,
+            player_exe: PathBuf::from(player::spawn::SELF_EXE),
         })
     }
 
@@ -150,14 +162,27 @@ impl Daemon {
         self
     }
 
+    /// Runs the player process at niceness `nice` (main passes `--nice`).
+    #[must_use]
+    pub fn with_player_nice(mut self, nice: Option<i32>) -> Self {
+        self.player_nice = nice;
+        self
+    }
+
     /// The bound addresses, as they appear in logs.
     pub fn listen_names(&self) -> Vec<String> {
         self.listeners.iter().map(|l| l.name().to_owned()).collect()
     }
 
-    /// What the sandbox must leave reachable for this configuration.
+    /// The guest-facing process's sandbox for this configuration.
     pub fn sandbox_config(&self) -> SandboxConfig {
         sandbox_config(&self.config, self.listeners.len())
+    }
+
+    /// What the player process is started with (`None`: no player, the
+    /// null backend runs in-process).
+    pub fn player_config(&self, clock: HostClock) -> Option<PlayerConfig> {
+        player_config(&self.config, clock, self.player_nice)
     }
 
     /// Connects to the audio server, enters the sandbox, then serves guests
@@ -170,9 +195,24 @@ impl Daemon {
     pub fn run(mut self, stop: &AtomicBool) -> Result<(), DaemonError> {
         let clock = HostClock::new();
         let (handle, commands, wake) = engine::channel()?;
-        let mut backend = build_backend(&self.config.backend, clock, &wake)?;
-        if !backend.settle(SETTLE_TIMEOUT, &wake) {
-            log::warn!("not connected to the audio server yet; retrying from inside the sandbox");
+        let mut backend: Box<dyn AudioBackend> = match self.player_config(clock) {
+            Some(config) => {
+                let spawned = player::spawn::spawn(&self.player_exe, &config, false)
+                    .map_err(DaemonError::PlayerStart)?;
+                log::info!("player process {} started", spawned.child.id());
+                Box::new(RemoteBackend::new(spawned.sock)?)
+            }
+            None => build_in_process(&self.config.backend, clock),
+        };
+        // The player connects to the sound server before it enters its
+        // own sandbox; this process only waits to hear that it did.
+        if !backend.settle(SETTLE_TIMEOUT + Duration::from_secs(1), &wake) {
+            match backend.failure() {
+                Some(reason) => return Err(DaemonError::PlayerFailed(reason)),
+                None => {
+                    log::warn!("not connected to the audio server yet; the player keeps retrying")
+                }
+            }
         }
         // Everything the guest-facing loop needs is made before the
         // sandbox: it can make no socket afterwards.
@@ -209,7 +249,7 @@ impl Daemon {
 
         let engine_done = AtomicBool::new(false);
         let stats_request = self.stats_request.take();
-        thread::scope(|scope| -> Result<(), DaemonError> {
+        let failure = thread::scope(|scope| -> Result<Option<String>, DaemonError> {
             let watcher_handle = handle.clone();
             let done = &engine_done;
             thread::Builder::new()
@@ -231,8 +271,7 @@ impl Daemon {
             if let Some(flag) = stats_request {
                 engine = engine.with_stats_request(flag);
             }
-            engine.run(commands, wake);
-            Ok(())
+            Ok(engine.run(commands, wake))
         })?;
 
         let deadline = Instant::now() + GOODBYE_GRACE;
@@ -252,7 +291,10 @@ impl Daemon {
         }
         // Dropping the listeners removes their socket files.
         drop(self.listeners);
-        Ok(())
+        match failure {
+            Some(reason) => Err(DaemonError::PlayerFailed(reason)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -267,55 +309,127 @@ impl Drop for SetOnDrop<'_> {
     }
 }
 
-/// The sandbox for `config` with `listeners` listening sockets.
+/// The guest-facing process's sandbox for `config` with `listeners`
+/// listening sockets: nothing to read, nothing to connect to.
 pub fn sandbox_config(config: &DaemonConfig, listeners: usize) -> SandboxConfig {
+    let settings = &config.sandbox;
+    let max_connections = config.max_clients + EXTRA_CONNECTIONS;
+    SandboxConfig {
+        mode: settings.mode,
+        role: Role::GuestFacing,
+        user: settings.user.clone(),
+        read_only: Vec::new(),
+        connect_unix: Vec::new(),
+        connect_tcp: Vec::new(),
+        limits: ResourceLimits::for_connections(max_connections, listeners, settings.memory_mb),
+    }
+}
+
+/// Descriptors the player may hold: stdio, its socket, libpulse's
+/// connection, a config file or cookie being read, with room to spare.
+pub const PLAYER_FILES: u64 = 32;
+
+/// The player's configuration, when `config` plays through PulseAudio.
+pub fn player_config(
+    config: &DaemonConfig,
+    clock: HostClock,
+    nice: Option<i32>,
+) -> Option<PlayerConfig> {
+    let BackendChoice::Pulse(pulse) = &config.backend else {
+        return None;
+    };
+    Some(PlayerConfig {
+        pulse: pulse.clone(),
+        epoch_monotonic_usec: clock.epoch_monotonic_usec().unwrap_or(0),
+        nice,
+        log_level: log::max_level().as_str().to_ascii_lowercase(),
+        limits: player_limits(config),
+        sandbox: player_sandbox_config(config, pulse),
+    })
+}
+
+/// The player's own bounds: the loosest any rule of the policy allows.
+pub fn player_limits(config: &DaemonConfig) -> PlayerLimits {
+    let policy = &config.policy;
+    let all_limits =
+        std::iter::once(&policy.default_limits).chain(policy.rules.iter().map(|r| &r.limits));
+    let mut min_latency_usec = u64::MAX;
+    let mut max_latency_usec = 0u64;
+    for limits in all_limits {
+        min_latency_usec =
+            min_latency_usec.min(limits.min_latency_usec.unwrap_or(DEFAULT_MIN_LATENCY_USEC));
+        max_latency_usec = max_latency_usec.max(
+            limits
+                .max_latency_usec
+                .unwrap_or(u64::from(secure_tunnel_protocol::MAX_TARGET_LATENCY_USEC)),
+        );
+    }
+    PlayerLimits {
+        // The engine's own cap, with room for streams it closed whose
+        // Close the player has not read yet.
+        max_streams: config.max_clients + EXTRA_CONNECTIONS,
+        min_latency_usec,
+        max_latency_usec,
+    }
+}
+
+/// The player's sandbox: read what libpulse reads when it reconnects, and
+/// connect only to the sound server.
+pub fn player_sandbox_config(config: &DaemonConfig, pulse: &PulseConfig) -> SandboxConfig {
     let settings = &config.sandbox;
     let mut read_only = settings.read_only.clone();
     let mut connect_unix = Vec::new();
     let mut connect_tcp = Vec::new();
-    if let BackendChoice::Pulse(pulse) = &config.backend {
-        // What libpulse reads when it reconnects: client.conf and a cookie.
-        read_only.push(PathBuf::from("/etc/pulse"));
-        if let Some(cookie) = std::env::var_os("PULSE_COOKIE") {
-            read_only.push(PathBuf::from(cookie));
-        }
-        if let Some(config) = std::env::var_os("XDG_CONFIG_HOME") {
-            read_only.push(PathBuf::from(config).join("pulse/cookie"));
-        }
-        if let Some(home) = std::env::var_os("HOME") {
-            read_only.push(PathBuf::from(&home).join(".config/pulse/cookie"));
-            read_only.push(PathBuf::from(home).join(".pulse-cookie"));
-        }
-        let server = pulse
-            .server
-            .clone()
-            .or_else(|| std::env::var("PULSE_SERVER").ok());
-        match server {
-            Some(server) => pulse_targets(&server, &mut connect_unix, &mut connect_tcp),
-            None => {
-                for var in ["PULSE_RUNTIME_PATH", "XDG_RUNTIME_DIR"] {
-                    if let Some(dir) = std::env::var_os(var) {
-                        let dir = PathBuf::from(dir);
-                        let native = if var == "XDG_RUNTIME_DIR" {
-                            dir.join("pulse/native")
-                        } else {
-                            dir.join("native")
-                        };
-                        connect_unix.push(native);
-                    }
+    // What libpulse reads when it reconnects: client.conf and a cookie.
+    read_only.push(PathBuf::from("/etc/pulse"));
+    if let Some(cookie) = std::env::var_os("PULSE_COOKIE") {
+        read_only.push(PathBuf::from(cookie));
+    }
+    if let Some(config) = std::env::var_os("XDG_CONFIG_HOME") {
+        read_only.push(PathBuf::from(config).join("pulse/cookie"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        read_only.push(PathBuf::from(&home).join(".config/pulse/cookie"));
+        read_only.push(PathBuf::from(home).join(".pulse-cookie"));
+    }
+    let server = pulse
+        .server
+        .clone()
+        .or_else(|| std::env::var("PULSE_SERVER").ok());
+    match server {
+        Some(server) => pulse_targets(&server, &mut connect_unix, &mut connect_tcp),
+        None => {
+            for var in ["PULSE_RUNTIME_PATH", "XDG_RUNTIME_DIR"] {
+                if let Some(dir) = std::env::var_os(var) {
+                    let dir = PathBuf::from(dir);
+                    let native = if var == "XDG_RUNTIME_DIR" {
+                        dir.join("pulse/native")
+                    } else {
+                        dir.join("native")
+                    };
+                    connect_unix.push(native);
                 }
-                connect_unix.push(PathBuf::from("/run/pulse/native"));
             }
+            connect_unix.push(PathBuf::from("/run/pulse/native"));
         }
     }
-    let max_connections = config.max_clients + EXTRA_CONNECTIONS;
+    let role = if connect_tcp.is_empty() {
+        Role::Player
+    } else {
+        Role::PlayerTcp
+    };
     SandboxConfig {
         mode: settings.mode,
+        role,
         user: settings.user.clone(),
         read_only,
         connect_unix,
         connect_tcp,
-        limits: ResourceLimits::for_connections(max_connections, listeners, settings.memory_mb),
+        limits: ResourceLimits {
+            files: PLAYER_FILES,
+            threads: 1,
+            memory_bytes: settings.memory_mb.saturating_mul(1024 * 1024),
+        },
     }
 }
 
@@ -349,15 +463,13 @@ pub fn pulse_targets(server: &str, unix: &mut Vec<PathBuf>, tcp: &mut Vec<u16>) 
 /// PulseAudio's native protocol port.
 pub const DEFAULT_PULSE_PORT: u16 = 4713;
 
-fn build_backend(
-    choice: &BackendChoice,
-    clock: HostClock,
-    wake: &WakeReceiver,
-) -> Result<Box<dyn AudioBackend>, BackendError> {
-    Ok(match choice {
-        BackendChoice::Pulse(config) => Box::new(PulseBackend::new(config.clone(), clock, wake)?),
+/// The backend for a configuration without a player process.
+fn build_in_process(choice: &BackendChoice, clock: HostClock) -> Box<dyn AudioBackend> {
+    match choice {
         BackendChoice::Null { skew_ppm } => Box::new(NullBackend::new(clock, *skew_ppm)),
-    })
+        // Pulse always runs in the player (see player_config).
+        BackendChoice::Pulse(_) => Box::new(NullBackend::new(clock, 0)),
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
@@ -157,6 +157,12 @@ impl WakeReceiver {
             sock: self.sock.try_clone()?,
             flag: Arc::clone(&self.flag),
         })
+    }
+}
+
+impl AsFd for WakeReceiver {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
     }
 }
 
@@ -331,8 +337,10 @@ impl<B: AudioBackend> Engine<B> {
     }
 
     /// Runs until a [`Command::Shutdown`] (or every handle is dropped) and
-    /// every session has said goodbye.
-    pub fn run(mut self, commands: Receiver<Command>, wake: WakeReceiver) {
+    /// every session has said goodbye. If the backend fails for good (the
+    /// player process died), every guest is told and the reason returned.
+    pub fn run(mut self, commands: Receiver<Command>, wake: WakeReceiver) -> Option<String> {
+        let mut failure = None;
         loop {
             loop {
                 match commands.try_recv() {
@@ -357,8 +365,17 @@ impl<B: AudioBackend> Engine<B> {
             let streaming = self.clients.values().any(|c| c.session.has_stream());
             let timeout = if streaming { ACTIVE_POLL } else { IDLE_POLL };
             self.backend.drive(timeout, &wake);
+            if failure.is_none() {
+                if let Some(reason) = self.backend.failure() {
+                    log::error!("{reason}: saying goodbye to every guest and stopping");
+                    failure = Some(reason);
+                    self.backend_events();
+                    self.shutdown();
+                }
+            }
         }
         log::debug!("engine stopped");
+        failure
     }
 
     /// Handles one command (public for in-process tests).

@@ -1,11 +1,14 @@
 //! host-playd: plays secure-tunnel guest streams through the host's
 //! PulseAudio and reports the host's playback clock back to each guest.
 //!
-//! Threads, whatever the number of guests: the guest-facing event loop
-//! (every listener and connection on one poll), a shutdown watcher, and the
-//! main thread, which becomes the engine: it owns every session and the
-//! audio backend (libpulse objects never leave it). All but the main thread
-//! start after the sandbox.
+//! Two processes (docs/host-design.md): the guest-facing one, and the
+//! [`player`], which alone holds the connection to the host's PulseAudio.
+//! Threads of the guest-facing process, whatever the number of guests: the
+//! event loop (every listener and connection on one poll), a shutdown
+//! watcher, and the main thread, which becomes the engine: it owns every
+//! session and the backend, a [`backend::remote::RemoteBackend`] talking to
+//! the player (or the in-process null test backend). All but the main
+//! thread start after the sandbox. The player has one thread.
 //!
 //! `unsafe` is denied crate-wide and forbidden in every module but [`sys`],
 //! which adopts systemd's listening sockets by descriptor number.
@@ -33,6 +36,8 @@ pub mod engine;
 pub mod io;
 /// Listen addresses and listening sockets.
 pub mod listen;
+/// The player process: the sound-server connection, on its own.
+pub mod player;
 /// Who a guest is and what it may do.
 pub mod policy;
 /// Privilege drop, Landlock, seccomp, resource limits, and the self-check.

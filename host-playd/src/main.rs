@@ -8,12 +8,21 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use host_playd::daemon::sandbox_config;
+use host_playd::clock::HostClock;
+use host_playd::daemon::{player_config, sandbox_config, BackendChoice};
+use host_playd::player;
 use host_playd::sandbox::{self, check};
 use host_playd::{Args, Daemon};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
 fn main() -> ExitCode {
+    // The player process (started by the daemon itself, never by hand).
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(flag) = argv.get(1) {
+        if flag == player::PLAYER_FLAG || flag == player::PLAYER_CHECK_FLAG {
+            return player_main(flag == player::PLAYER_CHECK_FLAG, &argv[2..]);
+        }
+    }
     // Before anything else opens a descriptor: the sockets systemd passed.
     let inherited = host_playd::sys::take_listen_fds();
     let args = Args::parse();
@@ -52,17 +61,23 @@ fn main() -> ExitCode {
 
 /// `--nice` when not given: PulseAudio's own daemon runs at -11, and the
 /// guest's audio must be scheduled ahead of ordinary host work. It applies to
-/// the engine thread only, never to the threads reading guest input.
+/// the player process (the audio path) only, never to the process that
+/// reads guest input.
 const DEFAULT_NICE: i32 = -11;
 
 fn run(args: &Args, inherited: Vec<std::os::fd::OwnedFd>) -> anyhow::Result<()> {
     let config = args.to_config().context("invalid options")?;
-    // Before any thread exists. Only the engine thread (this one: it
-    // drives the sound-server connection) keeps the raised priority: the
-    // acceptors return to the starting niceness before they start the
-    // threads that parse guest bytes (host_playd::sys::return_to_base_nice).
+    let nice = args.nice.unwrap_or(DEFAULT_NICE);
+    // Before any thread exists. With PulseAudio, the player process gets
+    // the raised priority and this one keeps the starting niceness; with
+    // the in-process null backend only the engine thread (this one) is
+    // raised, and the event loop returns to the starting niceness before it
+    // reads guest bytes (host_playd::sys::return_to_base_nice).
     host_playd::sys::remember_base_nice();
-    set_priority(args.nice.unwrap_or(DEFAULT_NICE));
+    let pulse = matches!(config.backend, BackendChoice::Pulse(_));
+    if !pulse {
+        set_priority(nice);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
@@ -74,7 +89,8 @@ fn run(args: &Args, inherited: Vec<std::os::fd::OwnedFd>) -> anyhow::Result<()> 
         .with_context(|| format!("cannot handle signal {SIGUSR1}"))?;
     let daemon = Daemon::bind_with(config, inherited)
         .context("cannot start host-playd")?
-        .with_stats_request(stats);
+        .with_stats_request(stats)
+        .with_player_nice(pulse.then_some(nice));
     log::info!(
         "host-playd {} starting on {}",
         env!("CARGO_PKG_VERSION"),
@@ -83,14 +99,51 @@ fn run(args: &Args, inherited: Vec<std::os::fd::OwnedFd>) -> anyhow::Result<()> 
     daemon.run(&stop).context("host-playd failed")
 }
 
-/// `--check-sandbox`: exit 0 only if every probe was denied.
+/// `--check-sandbox`: each process's sandbox, probed from inside it. The
+/// player's half runs first, in a player process of its own (it prints its
+/// report); then this process enters the guest-facing sandbox and probes
+/// it. Exit 0 only if every probe of both had the expected result.
 fn check_sandbox(args: &Args) -> anyhow::Result<ExitCode> {
     let config = args.to_config().context("invalid options")?;
+    let mut player_ok = true;
+    let clock = HostClock::new();
+    if let Some(player) = player_config(&config, clock, None) {
+        let exe = std::path::Path::new(player::spawn::SELF_EXE);
+        let mut spawned =
+            player::spawn::spawn(exe, &player, true).context("cannot start the player check")?;
+        let status = spawned
+            .child
+            .wait()
+            .context("waiting for the player check")?;
+        player_ok = status.success();
+    }
     let sandbox = sandbox_config(&config, 1);
     let scratch = std::env::temp_dir();
+    let server_sockets = match &config.backend {
+        BackendChoice::Pulse(_) => player_config(&config, clock, None)
+            .map(|p| p.sandbox.connect_unix)
+            .unwrap_or_default(),
+        BackendChoice::Null { .. } => Vec::new(),
+    };
+    let prepared = check::Prepared::make();
     let mut status = check::SelfStatus::open().context("cannot open /proc/self/status")?;
     sandbox::apply(&sandbox).context("cannot enter the sandbox")?;
-    println!("host-playd sandbox check (--sandbox {})", sandbox.mode);
+    println!(
+        "host-playd sandbox check (--sandbox {}), guest-facing process",
+        sandbox.mode
+    );
+    print_status(&mut status);
+    let mut probes = sandbox::run_probes(&scratch);
+    probes.extend(check::guest_facing_probes(&prepared, &server_sockets));
+    let ok = print_probes(&probes);
+    Ok(if ok && player_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_status(status: &mut check::SelfStatus) {
     for field in [
         "Uid",
         "Gid",
@@ -107,20 +160,89 @@ fn check_sandbox(args: &Args) -> anyhow::Result<ExitCode> {
         let value = status.field(field).unwrap_or_else(|e| format!("? ({e})"));
         println!("  {field}: {value}");
     }
-    let probes = sandbox::run_probes(&scratch);
-    for probe in &probes {
-        match &probe.result {
-            Err(reason) => println!("denied   {}: {reason}", probe.what),
-            Ok(()) => println!("ALLOWED  {}", probe.what),
+}
+
+/// Prints each probe and a result line; whether all went as expected.
+fn print_probes(probes: &[check::ProbeOutcome]) -> bool {
+    for probe in probes {
+        println!("{}", probe.line());
+    }
+    let bad = probes.iter().filter(|p| !p.as_expected()).count();
+    if bad == 0 {
+        let limits = probes.iter().filter(|p| p.is_kernel_limit()).count();
+        println!(
+            "result: all {} probes as expected ({limits} beyond what this kernel can deny)",
+            probes.len()
+        );
+        true
+    } else {
+        println!("result: {bad} of {} probes NOT denied", probes.len());
+        false
+    }
+}
+
+/// The player process: `--internal-player FD JSON` serves the daemon;
+/// `--internal-player-check FD JSON` enters the player's sandbox, probes
+/// it, prints the report and exits.
+fn player_main(check_only: bool, rest: &[String]) -> ExitCode {
+    let (Some(fd), Some(json)) = (rest.first(), rest.get(1)) else {
+        eprintln!(
+            "host-playd: {} is internal to host-playd",
+            player::PLAYER_FLAG
+        );
+        return ExitCode::FAILURE;
+    };
+    let parsed = player::process::parse_args(fd, json).and_then(|(fd, config)| {
+        host_playd::sys::adopt_player_socket(fd)
+            .map(|sock| (sock, config))
+            .map_err(player::process::PlayerError::Start)
+    });
+    let (sock, config) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("host-playd player: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    env_logger::Builder::new()
+        .parse_filters(&config.log_level)
+        .format_timestamp_millis()
+        .target(env_logger::Target::Stderr)
+        .init();
+    if check_only {
+        return player_check(&config);
+    }
+    match player::process::run(sock, config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("player: {e}");
+            ExitCode::FAILURE
         }
     }
-    let allowed = probes.iter().filter(|p| !p.denied()).count();
-    if allowed == 0 {
-        println!("result: all {} probes denied", probes.len());
-        Ok(ExitCode::SUCCESS)
+}
+
+fn player_check(config: &player::PlayerConfig) -> ExitCode {
+    let scratch = std::env::temp_dir();
+    let prepared = check::Prepared::make();
+    let Ok(mut status) = check::SelfStatus::open() else {
+        println!("player: cannot open /proc/self/status");
+        return ExitCode::FAILURE;
+    };
+    if let Err(e) = sandbox::apply(&config.sandbox) {
+        println!("player: cannot enter the sandbox: {e}");
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "host-playd sandbox check (--sandbox {}), player process",
+        config.sandbox.mode
+    );
+    print_status(&mut status);
+    let mut probes = sandbox::run_probes(&scratch);
+    probes.extend(check::player_probes(&prepared, &config.sandbox));
+    if print_probes(&probes) {
+        ExitCode::SUCCESS
     } else {
-        println!("result: {allowed} of {} probes NOT denied", probes.len());
-        Ok(ExitCode::FAILURE)
+        ExitCode::FAILURE
     }
 }
 

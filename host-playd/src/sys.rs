@@ -74,6 +74,45 @@ pub fn take_listen_fds() -> Result<Vec<OwnedFd>, String> {
     Ok(owned)
 }
 
+/// Takes ownership of the player's end of the internal socketpair, which
+/// the guest-facing process left open across the exec at descriptor `fd`
+/// (passed on the command line). Checked: it is open, above stdio, and a
+/// unix `SOCK_SEQPACKET` socket; close-on-exec is set again.
+pub fn adopt_player_socket(fd: RawFd) -> Result<OwnedFd, String> {
+    if fd <= 2 {
+        return Err(format!("descriptor {fd} is stdio, not the player socket"));
+    }
+    // SAFETY: fcntl(F_GETFD) only reads the descriptor table entry; an
+    // invalid number yields -1/EBADF and no side effect.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(format!(
+            "descriptor {fd} is not open: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: as above, on an open descriptor.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(format!(
+            "cannot set close-on-exec on descriptor {fd}: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: `fd` is open (checked above) and was inherited through exec
+    // from the guest-facing process, which passed exactly this number for
+    // this purpose and kept no other use for it in this (new) image; the
+    // player adopts it once, first thing, before opening anything.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let kind = nix::sys::socket::getsockopt(&owned, nix::sys::socket::sockopt::SockType)
+        .map_err(|e| format!("descriptor {fd} is not a socket: {e}"))?;
+    if kind != nix::sys::socket::SockType::SeqPacket {
+        return Err(format!(
+            "descriptor {fd} is a {kind:?} socket, not SOCK_SEQPACKET"
+        ));
+    }
+    Ok(owned)
+}
+
 /// Sets the calling thread's niceness; threads it starts afterwards inherit
 /// it (on Linux the value is per thread, so call this before any thread is
 /// started to cover the whole daemon).

@@ -8,6 +8,7 @@
 
 pub mod null;
 pub mod pulse;
+pub mod remote;
 
 use std::time::Duration;
 
@@ -120,6 +121,17 @@ pub trait AudioBackend: std::fmt::Debug {
 
     /// Samples an open stream; `None` while it is not (yet) open.
     fn status(&mut self, id: StreamId) -> Option<StreamStatus>;
+
+    /// Whether a stream could be opened now (the audio server is reached).
+    fn reachable(&self) -> bool {
+        true
+    }
+
+    /// Why the backend can never work again (its process died), if so:
+    /// the daemon then says goodbye to every guest and exits.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 impl<B: AudioBackend + ?Sized> AudioBackend for Box<B> {
@@ -155,5 +167,11 @@ impl<B: AudioBackend + ?Sized> AudioBackend for Box<B> {
     }
     fn status(&mut self, id: StreamId) -> Option<StreamStatus> {
         (**self).status(id)
+    }
+    fn reachable(&self) -> bool {
+        (**self).reachable()
+    }
+    fn failure(&self) -> Option<String> {
+        (**self).failure()
     }
 }

@@ -42,7 +42,7 @@ const FORCE_DISABLE_SHM: &str = "context.force.disable.shm";
 pub const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// Where to play.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PulseConfig {
     /// Server string (`unix:/path`, `tcp:host`); `None` uses libpulse's
     /// default (`PULSE_SERVER`, then the user's socket). Never autospawned.
@@ -154,22 +154,34 @@ impl PulseBackend {
         clock: HostClock,
         wake: &WakeReceiver,
     ) -> Result<Self, BackendError> {
-        let init = |reason: &str| BackendError::Init {
-            backend: "pulse",
-            reason: reason.to_owned(),
-        };
-        let mut mainloop = Mainloop::new().ok_or_else(|| init("cannot create a main loop"))?;
         wake.set_nonblocking()
-            .map_err(|e| init(&format!("wake-up socket: {e}")))?;
+            .map_err(|e| init_error(&format!("wake-up socket: {e}")))?;
         let drain = wake
             .try_clone()
-            .map_err(|e| init(&format!("wake-up socket: {e}")))?;
+            .map_err(|e| init_error(&format!("wake-up socket: {e}")))?;
+        Self::watching(
+            config,
+            clock,
+            std::os::fd::AsRawFd::as_raw_fd(wake),
+            Box::new(move || drain.drain()),
+        )
+    }
+
+    /// Like [`PulseBackend::new`], with the main loop's poll also ending
+    /// when `fd` becomes readable (then `on_readable` runs, inside the
+    /// dispatch). The player process watches its request socket this way
+    /// and reads it after each [`AudioBackend::drive`]. `fd` must stay open
+    /// as long as the backend.
+    pub fn watching(
+        config: PulseConfig,
+        clock: HostClock,
+        fd: std::os::fd::RawFd,
+        mut on_readable: Box<dyn FnMut()>,
+    ) -> Result<Self, BackendError> {
+        let init = init_error;
+        let mut mainloop = Mainloop::new().ok_or_else(|| init("cannot create a main loop"))?;
         let wake_event = mainloop
-            .new_io_event(
-                std::os::fd::AsRawFd::as_raw_fd(wake),
-                IoFlags::INPUT,
-                Box::new(move |_, _, _| drain.drain()),
-            )
+            .new_io_event(fd, IoFlags::INPUT, Box::new(move |_, _, _| on_readable()))
             .ok_or_else(|| init("cannot watch the wake-up socket"))?;
         let mut backend = PulseBackend {
             streams: HashMap::new(),
@@ -395,6 +407,13 @@ impl PulseBackend {
 }
 
 /// libpulse's error text (its inherent `to_string` returns an `Option`).
+fn init_error(reason: &str) -> BackendError {
+    BackendError::Init {
+        backend: "pulse",
+        reason: reason.to_owned(),
+    }
+}
+
 fn pa_text(e: pulse::error::PAErr) -> String {
     format!("{e}")
 }
@@ -545,6 +564,10 @@ impl AudioBackend for PulseBackend {
 
     fn take_events(&mut self, out: &mut Vec<(StreamId, StreamEvent)>) {
         out.append(&mut self.events);
+    }
+
+    fn reachable(&self) -> bool {
+        self.context.is_some()
     }
 
     fn status(&mut self, id: StreamId) -> Option<StreamStatus> {

@@ -8,7 +8,7 @@ use super::Outcome;
 use crate::listen::MAX_LINGERING;
 
 /// The limits, soft and hard alike (so they cannot be raised again).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ResourceLimits {
     /// RLIMIT_NOFILE: open descriptors.
     pub files: u64,

@@ -26,7 +26,9 @@ pub use check::{run_probes, ProbeOutcome};
 pub use limits::{ResourceLimits, DEFAULT_MEMORY_MB};
 
 /// How strictly the sandbox is required.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum SandboxMode {
     /// Every step must be in force, or host-playd refuses to start.
@@ -47,10 +49,23 @@ impl fmt::Display for SandboxMode {
     }
 }
 
+/// Which process a sandbox is for: each has its own seccomp allowlist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Listeners, guests, sessions: no new sockets, no files, ever.
+    GuestFacing,
+    /// The sound-server connection over a unix socket.
+    Player,
+    /// The sound-server connection to a TCP server.
+    PlayerTcp,
+}
+
 /// What the sandbox needs to know.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SandboxConfig {
     pub mode: SandboxMode,
+    pub role: Role,
     /// User to become; `None`: `nobody` when started as root, else stay.
     pub user: Option<String>,
     /// Paths left readable (not writable, not executable) under Landlock,
@@ -169,7 +184,10 @@ pub fn apply(config: &SandboxConfig) -> Result<Report, SandboxError> {
         "landlock",
         filesystem::restrict(config).map_err(step_err("landlock"))?,
     );
-    report.push("seccomp", seccomp::install().map_err(step_err("seccomp"))?);
+    report.push(
+        "seccomp",
+        seccomp::install(config.role).map_err(step_err("seccomp"))?,
+    );
 
     if config.mode == SandboxMode::Require {
         if let Some(step) = report.unavailable().next() {

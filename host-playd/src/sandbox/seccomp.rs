@@ -1,12 +1,15 @@
-//! The seccomp allowlist, kept as reviewed data in `seccomp/<arch>.json`
-//! (seccompiler's JSON format, as in Firecracker): every syscall host-playd
-//! may make after entering the sandbox, each with the reason it is needed.
+//! The seccomp allowlists, kept as reviewed data in `seccomp/<arch>.json`
+//! (seccompiler's JSON format, as in Firecracker): every syscall each of
+//! host-playd's processes may make after entering its sandbox, each with
+//! the reason it is needed. One allowlist per [`Role`]: the guest-facing
+//! process may make no socket, connect nowhere and look up no path; the
+//! player may make only the sockets its sound server needs, and no thread.
 //!
 //! Two filters are installed, on every thread (TSYNC), in this order:
 //! - [`ENOSYS_LIST`]: `clone3` fails with ENOSYS, so glibc falls back to
 //!   `clone` (which the allowlist admits for threads only, by its flags);
 //!   everything else passes to the next filter;
-//! - [`ALLOWLIST`]: the listed syscalls pass (some only with given
+//! - the role's allowlist ([`allowlist`]): the listed syscalls pass (some only with given
 //!   arguments), anything else fails with EPERM. It lists `clone3` so that
 //!   the first filter's ENOSYS stands: the kernel runs every filter and
 //!   keeps the strictest answer (an errno beats allow). Installing it last
@@ -19,10 +22,19 @@ use std::collections::BTreeSet;
 use seccompiler::{BpfMap, TargetArch};
 use serde::Deserialize;
 
-use super::Outcome;
+use super::{Outcome, Role};
 
-/// Name of the allowlist filter in the JSON data.
-pub const ALLOWLIST: &str = "host_playd";
+/// Names of the allowlist filters in the JSON data, one per role.
+pub const ALLOWLISTS: [&str; 3] = ["guest_facing", "player", "player_tcp"];
+
+/// The allowlist for `role`.
+pub fn allowlist(role: Role) -> &'static str {
+    match role {
+        Role::GuestFacing => ALLOWLISTS[0],
+        Role::Player => ALLOWLISTS[1],
+        Role::PlayerTcp => ALLOWLISTS[2],
+    }
+}
 /// Name of the filter answering ENOSYS.
 pub const ENOSYS_LIST: &str = "host_playd_enosys";
 
@@ -80,9 +92,11 @@ pub fn entries(json: &str) -> Result<Vec<Entry>, String> {
     Ok(out)
 }
 
-/// The distinct syscalls that can succeed: on the allowlist (some only
-/// with certain arguments) and not answered ENOSYS by the other filter.
-pub fn allowed_syscalls(json: &str) -> Result<BTreeSet<String>, String> {
+/// The distinct syscalls that can succeed for `role`: on its allowlist
+/// (some only with certain arguments) and not answered ENOSYS by the other
+/// filter.
+pub fn allowed_syscalls(json: &str, role: Role) -> Result<BTreeSet<String>, String> {
+    let allowlist = allowlist(role);
     let entries = entries(json)?;
     let enosys: BTreeSet<&str> = entries
         .iter()
@@ -91,7 +105,7 @@ pub fn allowed_syscalls(json: &str) -> Result<BTreeSet<String>, String> {
         .collect();
     Ok(entries
         .iter()
-        .filter(|e| e.filter == ALLOWLIST && !enosys.contains(e.syscall.as_str()))
+        .filter(|e| e.filter == allowlist && !enosys.contains(e.syscall.as_str()))
         .map(|e| e.syscall.clone())
         .collect())
 }
@@ -101,16 +115,17 @@ pub fn compile(json: &str, arch: TargetArch) -> Result<BpfMap, String> {
     entries(json)?;
     let map = seccompiler::compile_from_json(json.as_bytes(), arch)
         .map_err(|e| format!("seccomp policy: {e}"))?;
-    for name in [ALLOWLIST, ENOSYS_LIST] {
-        if !map.contains_key(name) {
+    for name in ALLOWLISTS.iter().chain([&ENOSYS_LIST]) {
+        if !map.contains_key(*name) {
             return Err(format!("seccomp policy: no filter named {name:?}"));
         }
     }
     Ok(map)
 }
 
-/// Installs both filters on every thread of the process.
-pub fn install() -> Result<Outcome, String> {
+/// Installs the ENOSYS filter and `role`'s allowlist on every thread of the
+/// process.
+pub fn install(role: Role) -> Result<Outcome, String> {
     let (Some(json), Some(arch)) = (POLICY_JSON, ARCH) else {
         return Ok(Outcome::Unavailable(format!(
             "no reviewed seccomp policy for {}",
@@ -118,7 +133,7 @@ pub fn install() -> Result<Outcome, String> {
         )));
     };
     let map = compile(json, arch)?;
-    for name in [ENOSYS_LIST, ALLOWLIST] {
+    for name in [ENOSYS_LIST, allowlist(role)] {
         let program = map
             .get(name)
             .ok_or_else(|| format!("no filter named {name:?}"))?;
@@ -132,9 +147,10 @@ pub fn install() -> Result<Outcome, String> {
             Err(e) => return Err(format!("installing {name}: {e}")),
         }
     }
-    let count = allowed_syscalls(json)?.len();
+    let count = allowed_syscalls(json, role)?.len();
     Ok(Outcome::Applied(format!(
-        "{count} syscalls allowed on every thread (others: EPERM; clone3: ENOSYS)"
+        "{} allowlist: {count} syscalls allowed on every thread (others: EPERM; clone3: ENOSYS)",
+        allowlist(role)
     )))
 }
 
@@ -149,24 +165,73 @@ mod tests {
     fn every_syscall_name_resolves_and_has_a_reason() {
         let json = POLICY_JSON.unwrap();
         let map = compile(json, TargetArch::x86_64).unwrap();
-        assert!(!map[ALLOWLIST].is_empty());
         let entries = entries(json).unwrap();
         assert!(entries.iter().all(|e| e.reason.len() > 10), "{entries:?}");
-        let allowed = allowed_syscalls(json).unwrap();
-        assert!(!allowed.contains("clone3"), "answered ENOSYS, not allowed");
-        for forbidden in [
-            "execve", "execveat", "fork", "vfork", "ptrace", "setuid", "mount",
-        ] {
-            assert!(
-                !allowed.contains(forbidden),
-                "{forbidden} must not be allowed"
-            );
+        for role in [Role::GuestFacing, Role::Player, Role::PlayerTcp] {
+            assert!(!map[allowlist(role)].is_empty());
+            let allowed = allowed_syscalls(json, role).unwrap();
+            assert!(!allowed.contains("clone3"), "answered ENOSYS, not allowed");
+            for forbidden in [
+                "execve", "execveat", "fork", "vfork", "ptrace", "setuid", "mount", "kill", "bind",
+                "listen",
+            ] {
+                assert!(
+                    !allowed.contains(forbidden),
+                    "{role:?}: {forbidden} must not be allowed"
+                );
+            }
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_guest_facing_process_can_reach_nothing_new() {
+        let json = POLICY_JSON.unwrap();
+        let allowed = allowed_syscalls(json, Role::GuestFacing).unwrap();
+        for forbidden in [
+            "socket",
+            "socketpair",
+            "connect",
+            "open",
+            "openat",
+            "openat2",
+            "creat",
+            "stat",
+            "lstat",
+            "newfstatat",
+            "statx",
+            "access",
+            "faccessat",
+            "readlink",
+            "getdents64",
+        ] {
+            assert!(!allowed.contains(forbidden), "guest-facing: {forbidden}");
+        }
+        assert!(allowed.contains("accept4"));
+        let player = allowed_syscalls(json, Role::Player).unwrap();
+        for forbidden in ["clone", "accept4", "setpriority"] {
+            assert!(!player.contains(forbidden), "player: {forbidden}");
+        }
+        // Only AF_UNIX sockets for a unix server: one rule, on the family.
+        let sockets: Vec<_> = entries(json)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.filter == "player" && e.syscall == "socket")
+            .collect();
+        assert_eq!(sockets.len(), 1, "{sockets:?}");
+        let raw: serde_json::Value = serde_json::from_str(json).unwrap();
+        let rule = raw["player"]["filter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["syscall"] == "socket")
+            .unwrap();
+        assert_eq!(rule["args"][0]["val"], 1, "AF_UNIX");
     }
 
     #[test]
     fn a_misspelt_syscall_or_a_missing_reason_is_refused() {
-        let bad_name = r#"{"host_playd": {"mismatch_action": {"errno": 1},
+        let bad_name = r#"{"guest_facing": {"mismatch_action": {"errno": 1},
             "match_action": "allow", "filter": [{"syscall": "raed", "comment": "typo"}]},
             "host_playd_enosys": {"mismatch_action": "allow", "match_action": {"errno": 38},
             "filter": [{"syscall": "clone3", "comment": "fallback"}]}}"#;
@@ -177,6 +242,6 @@ mod tests {
             r#""syscall": "read""#,
         );
         let e = compile(&no_reason, TargetArch::x86_64).unwrap_err();
-        assert!(e.contains("host_playd/read has no comment"), "{e}");
+        assert!(e.contains("guest_facing/read has no comment"), "{e}");
     }
 }

@@ -1,0 +1,339 @@
+//! The player's side of the internal protocol, without I/O: it takes
+//! decoded [`Request`]s, checks each one again as if the guest-facing
+//! process were hostile (it may be: it parses guest bytes), applies its own
+//! budgets, and drives an [`AudioBackend`]. What it answers goes into an
+//! outbox of [`Report`]s that the process loop sends.
+//!
+//! A request that breaks a rule fails only the stream it names (the
+//! backend stream is closed at once and a `Failed` report says why);
+//! requests for streams it does not hold are dropped and counted.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+
+use secure_tunnel_protocol::{StreamSpec, MAX_AUDIO_CHUNK, MAX_STREAM_NAME};
+
+use super::wire::{Report, Request, StatusEntry, NO_VOLUME_CAP};
+use crate::backend::{AudioBackend, StreamEvent, StreamId, StreamParams};
+use crate::budget::Bucket;
+use crate::text;
+
+/// What the player allows, whatever the guest-facing process asks.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlayerLimits {
+    /// Streams open at once.
+    pub max_streams: usize,
+    /// The lowest buffer any policy rule allows (the latency floor).
+    pub min_latency_usec: u64,
+    /// The largest buffer any policy rule allows.
+    pub max_latency_usec: u64,
+}
+
+/// Stream opens per second, sustained, and at once. A backstop only: the
+/// guest-facing side bounds what guests can open (handshake slots, stream
+/// caps), and its lifecycle test legitimately opens about 500 per second
+/// (quick Hello+close guests); twice that means the guest-facing process
+/// itself is misbehaving.
+pub const OPENS_PER_SEC: u32 = 1_000;
+pub const OPENS_BURST: u32 = 1_000;
+/// Cork, flush and buffer changes per stream: the guest-facing side allows
+/// a guest 20/s; ten times that means a broken or hostile peer.
+pub const CONTROL_PER_SEC: u32 = 200;
+pub const CONTROL_BURST: u32 = 400;
+/// How far past what was played a stream may be written, in buffers (plus
+/// one chunk): the guest-facing side grants one buffer of credit.
+pub const WRITE_AHEAD_BUFFERS: u64 = 2;
+
+#[derive(Debug)]
+struct Held {
+    spec: StreamSpec,
+    tlength_bytes: u32,
+    opened: bool,
+    received: u64,
+    played: u64,
+    control: Bucket,
+}
+
+/// Counters for the log and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlayerCounters {
+    pub opened: u64,
+    pub refused: u64,
+    pub failed_by_rule: u64,
+    pub unknown_stream: u64,
+}
+
+/// The player's state: the streams it holds and its budgets.
+#[derive(Debug)]
+pub struct Player<B: AudioBackend> {
+    backend: B,
+    limits: PlayerLimits,
+    streams: HashMap<StreamId, Held>,
+    /// Ids only grow: an id is never reused.
+    last_id: Option<StreamId>,
+    opens: Bucket,
+    outbox: Vec<Report>,
+    events: Vec<(StreamId, StreamEvent)>,
+    counters: PlayerCounters,
+}
+
+impl<B: AudioBackend> Player<B> {
+    pub fn new(backend: B, limits: PlayerLimits) -> Self {
+        Player {
+            backend,
+            limits,
+            streams: HashMap::new(),
+            last_id: None,
+            opens: Bucket::new(OPENS_PER_SEC, OPENS_BURST),
+            outbox: Vec::new(),
+            events: Vec::new(),
+            counters: PlayerCounters::default(),
+        }
+    }
+
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    pub fn counters(&self) -> PlayerCounters {
+        self.counters
+    }
+
+    /// Streams held (opening or open).
+    pub fn streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Reports to send, in order.
+    pub fn take_outbox(&mut self) -> Vec<Report> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Handles one request at host time `now_usec`.
+    pub fn handle(&mut self, now_usec: u64, request: Request) {
+        match request {
+            Request::Open {
+                id,
+                spec,
+                tlength_bytes,
+                volume_cap,
+                name,
+            } => self.open(now_usec, id, spec, tlength_bytes, volume_cap, &name),
+            Request::Write { id, data } => self.write(id, &data),
+            Request::Cork { id, corked } => {
+                if self.charge_control(now_usec, id, "cork") {
+                    self.backend.cork(id, corked);
+                }
+            }
+            Request::Flush { id } => {
+                if self.charge_control(now_usec, id, "flush") {
+                    if let Some(held) = self.streams.get_mut(&id) {
+                        // What the flush drops counts as played.
+                        held.played = held.received;
+                    }
+                    self.backend.flush(id);
+                }
+            }
+            Request::SetBuffer { id, tlength_bytes } => {
+                if self.charge_control(now_usec, id, "buffer change") {
+                    if let Some(held) = self.streams.get_mut(&id) {
+                        let tlength = clamp_buffer(&self.limits, &held.spec, tlength_bytes);
+                        held.tlength_bytes = held.tlength_bytes.max(tlength);
+                        self.backend.set_buffer(id, tlength);
+                    }
+                }
+            }
+            Request::Close { id } => {
+                if self.streams.remove(&id).is_some() {
+                    self.backend.close(id);
+                } else {
+                    self.counters.unknown_stream += 1;
+                }
+            }
+        }
+    }
+
+    fn open(
+        &mut self,
+        now_usec: u64,
+        id: StreamId,
+        spec: StreamSpec,
+        tlength_bytes: u32,
+        volume_cap: u8,
+        name: &str,
+    ) {
+        let refusal = if self.last_id.is_some_and(|last| id <= last) {
+            Some("stream id reused or out of order".to_owned())
+        } else if let Err(e) = spec.validate() {
+            Some(format!("invalid stream: {e}"))
+        } else if self.streams.len() >= self.limits.max_streams {
+            Some(format!(
+                "the player holds {} streams already (its maximum)",
+                self.limits.max_streams
+            ))
+        } else if !self.opens.take(now_usec) {
+            Some(format!("more than {OPENS_PER_SEC} stream opens per second"))
+        } else if volume_cap != NO_VOLUME_CAP && volume_cap > 100 {
+            Some(format!("volume cap {volume_cap} % is above 100 %"))
+        } else {
+            None
+        };
+        self.last_id = Some(self.last_id.map_or(id, |last| last.max(id)));
+        if let Some(reason) = refusal {
+            self.counters.refused += 1;
+            self.outbox.push(Report::Failed { id, reason });
+            return;
+        }
+        let tlength_bytes = clamp_buffer(&self.limits, &spec, tlength_bytes);
+        let params = StreamParams {
+            spec: spec.clone(),
+            tlength_bytes,
+            name: text::sanitize(name, MAX_STREAM_NAME * 4),
+        };
+        if volume_cap != NO_VOLUME_CAP {
+            self.backend.set_volume_cap(id, volume_cap);
+        }
+        match self.backend.open(id, params) {
+            Ok(()) => {
+                self.counters.opened += 1;
+                self.streams.insert(
+                    id,
+                    Held {
+                        spec,
+                        tlength_bytes,
+                        opened: false,
+                        received: 0,
+                        played: 0,
+                        control: Bucket::new(CONTROL_PER_SEC, CONTROL_BURST),
+                    },
+                );
+            }
+            Err(e) => {
+                self.backend.close(id);
+                self.outbox.push(Report::Failed {
+                    id,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+
+    fn write(&mut self, id: StreamId, data: &[u8]) {
+        let Some(held) = self.streams.get_mut(&id) else {
+            self.counters.unknown_stream += 1;
+            return;
+        };
+        let frame = u64::from(held.spec.frame_size());
+        let len = data.len() as u64;
+        let ahead_limit =
+            u64::from(held.tlength_bytes) * WRITE_AHEAD_BUFFERS + MAX_AUDIO_CHUNK as u64;
+        let broken = if !held.opened {
+            Some("audio before the stream opened".to_owned())
+        } else if len == 0 || len % frame != 0 || data.len() > MAX_AUDIO_CHUNK {
+            Some(format!(
+                "{len} bytes of audio is not whole frames of {frame}"
+            ))
+        } else if held.received + len - held.played > ahead_limit {
+            Some(format!(
+                "audio {} bytes ahead of what was played (at most {ahead_limit})",
+                held.received + len - held.played
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = broken {
+            self.fail(id, reason);
+            return;
+        }
+        held.received += len;
+        if let Err(e) = self.backend.write(id, data) {
+            self.fail(id, e.to_string());
+        }
+    }
+
+    /// Whether a control request for `id` is within its budget (and `id`
+    /// is held); a stream over budget fails.
+    fn charge_control(&mut self, now_usec: u64, id: StreamId, what: &str) -> bool {
+        let Some(held) = self.streams.get_mut(&id) else {
+            self.counters.unknown_stream += 1;
+            return false;
+        };
+        if held.control.take(now_usec) {
+            return true;
+        }
+        self.fail(
+            id,
+            format!("more than {CONTROL_PER_SEC} control requests per second ({what})"),
+        );
+        false
+    }
+
+    /// Closes `id` on the backend and tells the other side why.
+    fn fail(&mut self, id: StreamId, reason: String) {
+        if self.streams.remove(&id).is_some() {
+            self.counters.failed_by_rule += 1;
+            self.backend.close(id);
+            self.outbox.push(Report::Failed { id, reason });
+        }
+    }
+
+    /// Moves the backend's events into the outbox.
+    pub fn collect_events(&mut self) {
+        let mut events = std::mem::take(&mut self.events);
+        self.backend.take_events(&mut events);
+        for (id, event) in events.drain(..) {
+            match event {
+                StreamEvent::Opened { buffer_bytes } => {
+                    if let Some(held) = self.streams.get_mut(&id) {
+                        held.opened = true;
+                        self.outbox.push(Report::Opened { id, buffer_bytes });
+                    }
+                }
+                StreamEvent::Failed { reason } => {
+                    if self.streams.remove(&id).is_some() {
+                        self.backend.close(id);
+                        self.outbox.push(Report::Failed { id, reason });
+                    }
+                }
+            }
+        }
+        self.events = events;
+    }
+
+    /// A snapshot of every open stream (`None` when none is open).
+    pub fn sample(&mut self) -> Option<Report> {
+        let mut entries = Vec::new();
+        for (&id, held) in &mut self.streams {
+            if !held.opened {
+                continue;
+            }
+            if let Some(status) = self.backend.status(id) {
+                held.played = held.played.max(status.played_bytes.min(held.received));
+                entries.push(StatusEntry {
+                    id,
+                    received_bytes: held.received,
+                    status,
+                });
+            }
+        }
+        if entries.is_empty() {
+            None
+        } else {
+            entries.sort_by_key(|e| e.id);
+            Some(Report::Status(entries))
+        }
+    }
+}
+
+/// `tlength_bytes` raised to the floor and cut to the cap, in whole frames.
+pub fn clamp_buffer(limits: &PlayerLimits, spec: &StreamSpec, tlength_bytes: u32) -> u32 {
+    let frame = u64::from(spec.frame_size().max(1));
+    let bytes = |usec: u64| (spec.usec_to_bytes(usec) / frame * frame).max(frame);
+    let floor = bytes(limits.min_latency_usec);
+    let cap = bytes(limits.max_latency_usec).max(floor);
+    let clamped = u64::from(tlength_bytes).clamp(floor, cap);
+    u32::try_from(clamped / frame * frame).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests;
