@@ -138,10 +138,17 @@ fn runs_as_nobody_confined_while_playing_through_pulseaudio() {
     );
 
     // Every thread, read by the kernel, while it plays.
-    let threads = thread_status(playd.child.id());
+    let mut threads = thread_status(playd.child.id());
     // main (the engine), the shutdown watcher, the guest event loop: no
     // thread per connection.
     assert_eq!(threads.len(), 3, "{threads:?}");
+    // And the player process's one thread.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", playd.child.id())).unwrap();
+    let player: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let player_threads = thread_status(player);
+    assert_eq!(player_threads.len(), 1, "{player_threads:?}");
+    threads.extend(player_threads);
     for t in &threads {
         let ids = |k: &str| -> Vec<u32> {
             t[k].split_whitespace()
@@ -190,4 +197,61 @@ fn runs_as_nobody_confined_while_playing_through_pulseaudio() {
     let log = playd.stderr();
     assert!(log.contains("sandbox: seccomp:"), "{log}");
     assert!(log.contains("now nobody"), "{log}");
+}
+
+/// Both processes probed: the guest-facing one can make no socket, use
+/// none it had, send no UDP, stat nothing; the player reaches its sound
+/// server and is denied the rest, except what the kernel cannot deny
+/// (reported as LIMIT).
+#[test]
+fn check_sandbox_probes_the_guest_facing_process_and_the_player() {
+    assert!(
+        have_pulseaudio(),
+        "pulseaudio is not installed (scripts/setup.sh)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let _pulse = PrivatePulse::start(dir.path());
+    open_to_everyone(dir.path());
+    let server = format!("unix:{}", dir.path().join("native").display());
+    let out = Command::new(env!("CARGO_BIN_EXE_host-playd"))
+        .args(["--check-sandbox", "--pulse-server", &server])
+        .envs(pulse_env(dir.path()))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{report}");
+    let (player, guest_facing) = report
+        .split_once("guest-facing process")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(player.contains("player process"), "{report}");
+    for line in [
+        "allowed  connect to the sound server's socket",
+        "denied   socket(AF_INET)",
+        "denied   send a UDP datagram",
+        "denied   connect to 127.0.0.1:4713",
+        "denied   open /etc/passwd",
+        "denied   exec /bin/true",
+    ] {
+        assert!(player.contains(line), "player: {line:?}\n{report}");
+    }
+    for line in [
+        "denied   socket(AF_UNIX)",
+        "denied   socket(AF_INET)",
+        "denied   send a UDP datagram",
+        "denied   connect to the sound server's socket",
+        "denied   connect to 127.0.0.1:4713",
+        "denied   stat /etc/shadow",
+        "denied   open /etc/passwd",
+    ] {
+        assert!(
+            guest_facing.contains(line),
+            "guest-facing: {line:?}\n{report}"
+        );
+    }
+    assert!(!guest_facing.contains("LIMIT"), "{report}");
+    assert!(
+        !report.contains("ALLOWED") && !report.contains("FAILED"),
+        "{report}"
+    );
+    assert_eq!(report.matches("probes as expected").count(), 2, "{report}");
 }
