@@ -200,6 +200,9 @@ impl Daemon {
                 let spawned = player::spawn::spawn(&self.player_exe, &config, false)
                     .map_err(DaemonError::PlayerStart)?;
                 log::info!("player process {} started", spawned.child.id());
+                // The player inherited the starting niceness (a unit's
+                // Nice=); from here on this process parses guest bytes.
+                crate::sys::return_to_base_nice();
                 Box::new(RemoteBackend::new(spawned.sock)?)
             }
             None => build_in_process(&self.config.backend, clock),

@@ -128,19 +128,22 @@ pub fn set_nice(nice: i32) -> io::Result<()> {
     }
 }
 
-/// The niceness the daemon started with, recorded by [`remember_base_nice`]
-/// before the engine thread raises its own.
+/// The niceness guest-facing threads run at, recorded by
+/// [`remember_base_nice`] before anything raises its own.
 static BASE_NICE: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
 
-/// Records the calling thread's niceness as the one every thread that
-/// handles guest bytes returns to (see [`return_to_base_nice`]).
+/// Records the niceness every thread that handles guest bytes returns to
+/// (see [`return_to_base_nice`]): the one the daemon started with, but never
+/// below 0 — a service manager that starts the daemon raised (the packaged
+/// unit's `Nice=-11`) means it for the audio path, which the player process
+/// (started before the drop) inherits.
 pub fn remember_base_nice() {
-    let _ = BASE_NICE.set(nice().unwrap_or(0));
+    let _ = BASE_NICE.set(nice().unwrap_or(0).max(0));
 }
 
-/// Puts the calling thread back at the niceness the daemon started with:
-/// threads that parse guest input must not run ahead of ordinary host work.
-/// Raising the niceness value is never refused.
+/// Puts the calling thread at the niceness recorded by
+/// [`remember_base_nice`]: code that parses guest input must not run ahead
+/// of ordinary host work. Raising the niceness value is never refused.
 pub fn return_to_base_nice() {
     if let Some(&base) = BASE_NICE.get() {
         if nice().ok() != Some(base) {
