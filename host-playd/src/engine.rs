@@ -363,7 +363,12 @@ impl<B: AudioBackend> Engine<B> {
                 break;
             }
             let streaming = self.clients.values().any(|c| c.session.has_stream());
-            let timeout = if streaming { ACTIVE_POLL } else { IDLE_POLL };
+            // A backend that pushes status wakes the engine itself.
+            let timeout = if streaming && !self.backend.pushes_status() {
+                ACTIVE_POLL
+            } else {
+                IDLE_POLL
+            };
             self.backend.drive(timeout, &wake);
             if failure.is_none() {
                 if let Some(reason) = self.backend.failure() {

@@ -341,7 +341,7 @@ fn a_compromised_guest_facing_process_can_ask_only_what_a_guest_could() {
     assert!(inputs.contains("guest?FORGED LOG LINE?"), "{inputs}");
     assert!(!inputs.contains('\u{2028}') && !inputs.contains('\u{202E}'));
 
-    // Ids that go back, audio not in whole frames, audio far past the
+    // An id in use, audio not in whole frames, audio far past the
     // credit, a control flood: each fails the stream it names, only it.
     player.open(2, "again");
     player.send(&Request::Write {

@@ -426,6 +426,19 @@ fn control_floods_do_not_disturb_a_neighbour() {
             o.closes.len(),
             closes.iter().take(3).collect::<Vec<_>>()
         );
+        // A flooder's handshake refused with ServerError would mean the
+        // host (or its player process) failed an honest open while others
+        // flooded.
+        let refused: Vec<_> = o
+            .closes
+            .iter()
+            .filter(|c| c.contains("handshake") && c.contains("ServerError"))
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "{kind:?} flood: {refused:?}\n{}",
+            host.logs()
+        );
     }
     println!(
         "isolation: neighbour during the floods: {} clock reports, longest gap {:.0} ms, {} \

@@ -127,6 +127,13 @@ pub trait AudioBackend: std::fmt::Debug {
         true
     }
 
+    /// Whether the backend wakes [`AudioBackend::drive`] itself whenever a
+    /// stream's status changes (then the engine need not poll it on a
+    /// short period).
+    fn pushes_status(&self) -> bool {
+        false
+    }
+
     /// Why the backend can never work again (its process died), if so:
     /// the daemon then says goodbye to every guest and exits.
     fn failure(&self) -> Option<String> {
@@ -173,5 +180,8 @@ impl<B: AudioBackend + ?Sized> AudioBackend for Box<B> {
     }
     fn failure(&self) -> Option<String> {
         (**self).failure()
+    }
+    fn pushes_status(&self) -> bool {
+        (**self).pushes_status()
     }
 }

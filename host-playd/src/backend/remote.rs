@@ -354,4 +354,10 @@ impl AudioBackend for RemoteBackend {
     fn failure(&self) -> Option<String> {
         self.failure.clone()
     }
+
+    /// The player pushes a snapshot every few milliseconds while a stream
+    /// plays, and each one ends the poll in [`AudioBackend::drive`].
+    fn pushes_status(&self) -> bool {
+        true
+    }
 }

@@ -69,8 +69,6 @@ pub struct Player<B: AudioBackend> {
     backend: B,
     limits: PlayerLimits,
     streams: HashMap<StreamId, Held>,
-    /// Ids only grow: an id is never reused.
-    last_id: Option<StreamId>,
     opens: Bucket,
     outbox: Vec<Report>,
     events: Vec<(StreamId, StreamEvent)>,
@@ -83,7 +81,6 @@ impl<B: AudioBackend> Player<B> {
             backend,
             limits,
             streams: HashMap::new(),
-            last_id: None,
             opens: Bucket::new(OPENS_PER_SEC, OPENS_BURST),
             outbox: Vec::new(),
             events: Vec::new(),
@@ -162,8 +159,8 @@ impl<B: AudioBackend> Player<B> {
         volume_cap: u8,
         name: &str,
     ) {
-        let refusal = if self.last_id.is_some_and(|last| id <= last) {
-            Some("stream id reused or out of order".to_owned())
+        let refusal = if self.streams.contains_key(&id) {
+            Some(format!("stream id {id} is in use"))
         } else if let Err(e) = spec.validate() {
             Some(format!("invalid stream: {e}"))
         } else if self.streams.len() >= self.limits.max_streams {
@@ -178,7 +175,6 @@ impl<B: AudioBackend> Player<B> {
         } else {
             None
         };
-        self.last_id = Some(self.last_id.map_or(id, |last| last.max(id)));
         if let Some(reason) = refusal {
             self.counters.refused += 1;
             self.outbox.push(Report::Failed { id, reason });
