@@ -203,7 +203,7 @@ impl Daemon {
                 // The player inherited the starting niceness (a unit's
                 // Nice=); from here on this process parses guest bytes.
                 crate::sys::return_to_base_nice();
-                Box::new(RemoteBackend::new(spawned.sock)?)
+                Box::new(RemoteBackend::new(spawned.sock, clock)?)
             }
             None => build_in_process(&self.config.backend, clock),
         };

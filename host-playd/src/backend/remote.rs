@@ -20,7 +20,11 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recv, send, MsgFlags};
 
+use secure_tunnel_protocol::StreamSpec;
+
+use super::pulse::MAX_EXTRAPOLATION_USEC;
 use super::{AudioBackend, BackendError, StreamEvent, StreamId, StreamParams, StreamStatus};
+use crate::clock::HostClock;
 use crate::engine::WakeReceiver;
 use crate::player::wire::{Report, Request, StatusEntry, MAX_PACKET, NO_VOLUME_CAP};
 
@@ -28,8 +32,9 @@ use crate::player::wire::{Report, Request, StatusEntry, MAX_PACKET, NO_VOLUME_CA
 /// (a few seconds of audio for every guest at once).
 pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Remote {
+    spec: StreamSpec,
     /// Bytes written to the stream so far.
     sent: u64,
     last: Option<StatusEntry>,
@@ -40,6 +45,7 @@ struct Remote {
 #[derive(Debug)]
 pub struct RemoteBackend {
     sock: OwnedFd,
+    clock: HostClock,
     streams: HashMap<StreamId, Remote>,
     volume_caps: HashMap<StreamId, u8>,
     events: Vec<(StreamId, StreamEvent)>,
@@ -60,7 +66,7 @@ pub struct RemoteBackend {
 impl RemoteBackend {
     /// Talks to the player over `sock` (a `SOCK_SEQPACKET` socket; made
     /// non-blocking here).
-    pub fn new(sock: OwnedFd) -> Result<Self, BackendError> {
+    pub fn new(sock: OwnedFd, clock: HostClock) -> Result<Self, BackendError> {
         nix::fcntl::fcntl(
             sock.as_fd(),
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
@@ -71,6 +77,7 @@ impl RemoteBackend {
         })?;
         Ok(RemoteBackend {
             sock,
+            clock,
             streams: HashMap::new(),
             volume_caps: HashMap::new(),
             events: Vec::new(),
@@ -235,7 +242,15 @@ impl AudioBackend for RemoteBackend {
             ));
         }
         let volume_cap = self.volume_caps.remove(&id).unwrap_or(NO_VOLUME_CAP);
-        self.streams.insert(id, Remote::default());
+        self.streams.insert(
+            id,
+            Remote {
+                spec: params.spec.clone(),
+                sent: 0,
+                last: None,
+                opened: false,
+            },
+        );
         self.request(&Request::Open {
             id,
             spec: params.spec,
@@ -341,6 +356,11 @@ impl AudioBackend for RemoteBackend {
         out.append(&mut self.events);
     }
 
+    /// The latest snapshot, carried forward to now as the player itself
+    /// extrapolates between timing updates (a playing stream advances at its
+    /// rate, for at most [`MAX_EXTRAPOLATION_USEC`] past the snapshot), so
+    /// that a clock report is as fresh as when the engine sampled libpulse
+    /// in-process.
     fn status(&mut self, id: StreamId) -> Option<StreamStatus> {
         let s = self.streams.get(&id)?;
         let last = s.last?;
@@ -348,6 +368,19 @@ impl AudioBackend for RemoteBackend {
         // What was sent since the snapshot is already in the player's queue.
         let since = s.sent.saturating_sub(last.received_bytes);
         status.writable_bytes = status.writable_bytes.saturating_sub(since);
+        if status.playing {
+            let now = self.clock.now_usec();
+            let age = now
+                .saturating_sub(status.host_time_usec)
+                .min(MAX_EXTRAPOLATION_USEC);
+            let frame = u64::from(s.spec.frame_size().max(1));
+            let ahead = s.spec.usec_to_bytes(age) / frame * frame;
+            let played = status.played_bytes.saturating_add(ahead).min(s.sent);
+            // Exactly the time the played bytes stand for.
+            let advanced = played - status.played_bytes;
+            status.host_time_usec += s.spec.bytes_to_usec(advanced).min(age);
+            status.played_bytes = played;
+        }
         Some(status)
     }
 

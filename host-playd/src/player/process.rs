@@ -28,7 +28,8 @@ use crate::clock::HostClock;
 use crate::engine;
 use crate::sandbox;
 
-/// How often each open stream's status is pushed (the engine's period).
+/// How often each open stream's status is pushed at least (the engine's
+/// period); more often when the server asks for audio.
 pub const STATUS_INTERVAL_USEC: u64 = 5_000;
 /// The player's sleep when no stream is open.
 pub const IDLE_WAIT: Duration = Duration::from_millis(200);
@@ -78,6 +79,9 @@ pub fn ignore_group_signals() -> Result<(), PlayerError> {
 /// Runs the player until the guest-facing process closes `sock`.
 pub fn run(sock: OwnedFd, config: PlayerConfig) -> Result<(), PlayerError> {
     ignore_group_signals()?;
+    // top and ps -o comm show the exec'd file's name, "exe" for
+    // /proc/self/exe: name the process for what it is.
+    let _ = nix::sys::prctl::set_name(c"playd-player");
     nix::fcntl::fcntl(
         sock.as_fd(),
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
@@ -145,11 +149,12 @@ pub fn run(sock: OwnedFd, config: PlayerConfig) -> Result<(), PlayerError> {
             link.report(&report)?;
         }
         let now = clock.now_usec();
-        if now >= next_status {
+        let due = now >= next_status;
+        if let Some(status) = player.status(due) {
             next_status = now + STATUS_INTERVAL_USEC;
-            if let Some(status) = player.sample() {
-                link.status(&status)?;
-            }
+            link.status(&status)?;
+        } else if due {
+            next_status = now + STATUS_INTERVAL_USEC;
         }
         link.flush()?;
     }

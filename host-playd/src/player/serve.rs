@@ -51,6 +51,9 @@ struct Held {
     opened: bool,
     received: u64,
     played: u64,
+    /// `received + writable` in the last status sent: the credit the other
+    /// side could grant then.
+    limit_sent: u64,
     control: Bucket,
 }
 
@@ -200,6 +203,7 @@ impl<B: AudioBackend> Player<B> {
                         opened: false,
                         received: 0,
                         played: 0,
+                        limit_sent: 0,
                         control: Bucket::new(CONTROL_PER_SEC, CONTROL_BURST),
                     },
                 );
@@ -298,26 +302,48 @@ impl<B: AudioBackend> Player<B> {
 
     /// A snapshot of every open stream (`None` when none is open).
     pub fn sample(&mut self) -> Option<Report> {
+        self.status(true)
+    }
+
+    /// A snapshot of every open stream if one of them can take more audio
+    /// than the last snapshot said (the server asked for more: the credit a
+    /// guest waits for), or if `due` (the periodic one, for clock reports);
+    /// `None` otherwise. Sending the former at once keeps the credit loop
+    /// as short as when the engine read libpulse in-process: a request the
+    /// server makes is passed on within one main-loop iteration, not at the
+    /// next period.
+    pub fn status(&mut self, due: bool) -> Option<Report> {
         let mut entries = Vec::new();
+        let mut grew = false;
         for (&id, held) in &mut self.streams {
             if !held.opened {
                 continue;
             }
             if let Some(status) = self.backend.status(id) {
                 held.played = held.played.max(status.played_bytes.min(held.received));
-                entries.push(StatusEntry {
-                    id,
-                    received_bytes: held.received,
-                    status,
-                });
+                let limit = held.received + status.writable_bytes;
+                grew |= limit > held.limit_sent;
+                entries.push((id, held.received, status, limit));
             }
         }
-        if entries.is_empty() {
-            None
-        } else {
-            entries.sort_by_key(|e| e.id);
-            Some(Report::Status(entries))
+        if entries.is_empty() || !(due || grew) {
+            return None;
         }
+        let mut out: Vec<StatusEntry> = entries
+            .into_iter()
+            .map(|(id, received_bytes, status, limit)| {
+                if let Some(held) = self.streams.get_mut(&id) {
+                    held.limit_sent = limit;
+                }
+                StatusEntry {
+                    id,
+                    received_bytes,
+                    status,
+                }
+            })
+            .collect();
+        out.sort_by_key(|e| e.id);
+        Some(Report::Status(out))
     }
 }
 

@@ -44,7 +44,8 @@ pub fn spawn(exe: &Path, config: &PlayerConfig, check: bool) -> io::Result<Spawn
     }
     fcntl(theirs.as_fd(), FcntlArg::F_SETFD(FdFlag::empty()))?;
     let json = serde_json::to_string(config).map_err(io::Error::other)?;
-    let child = Command::new(exe)
+    // argv[0] as ps shows it (the kernel's name would be "exe").
+    let child = std::os::unix::process::CommandExt::arg0(&mut Command::new(exe), "host-playd")
         .arg(if check {
             PLAYER_CHECK_FLAG
         } else {

@@ -345,3 +345,25 @@ fn a_flush_counts_the_dropped_audio_as_played() {
     );
     assert!(failed(&mut p).is_empty());
 }
+
+#[test]
+fn status_goes_out_when_the_stream_can_take_more_or_when_due() {
+    let (now, mut p) = player();
+    opened(&mut p, 1, 19_200);
+    // The first snapshot: the whole buffer is writable.
+    assert!(p.status(false).is_some());
+    // Nothing changed: only the periodic one.
+    assert!(p.status(false).is_none());
+    assert!(p.status(true).is_some());
+    // Audio written and then played out: room again, sent at once.
+    p.handle(
+        0,
+        Request::Write {
+            id: 1,
+            data: vec![0; 4_800],
+        },
+    );
+    assert!(p.status(false).is_none(), "writing only shrinks the room");
+    now.fetch_add(30_000, Ordering::SeqCst);
+    assert!(p.status(false).is_some());
+}
