@@ -4,6 +4,14 @@ use crate::USEC_PER_SEC;
 /// dry for longer is reconnected to (the guest gives up after 2 s of
 /// silence), and skipping more would only empty the guest's own inputs.
 const MAX_SKIP_USEC: u64 = USEC_PER_SEC;
+/// A playing report this far behind the schedule, with no underrun reported
+/// (yet), does not become the schedule at once: the underrun may show in a
+/// later report (issue 14: host-playd's first report after a stop read
+/// "playing" at a stale position 74 ms behind, the underrun in the next).
+const BEHIND_USEC: u64 = 5_000;
+/// ... but after this long without an underrun the host's position is the
+/// schedule again.
+const HOLD_USEC: u64 = 500_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Point {
@@ -84,21 +92,33 @@ impl UnderrunSlip {
         if !playing {
             return 0;
         }
+        let behind = self
+            .schedule
+            .map(|s| (s, self.behind(s, at, played, rate_ratio)));
         let mut slip = 0;
         if self.pending {
             self.pending = false;
-            if let Some(s) = self.schedule {
-                let elapsed = at.saturating_sub(s.at) as f64;
-                let expected = s.played as f64
-                    + elapsed * self.bytes_per_sec as f64 * rate_ratio / USEC_PER_SEC as f64;
-                let behind = (expected - played as f64).max(0.0).round() as u64;
+            if let Some((_, behind)) = behind {
                 let cap = self.bytes_per_sec.saturating_mul(MAX_SKIP_USEC) / USEC_PER_SEC;
                 let behind = behind.min(cap);
                 slip = behind - behind % self.frame_size;
             }
+        } else if let Some((s, behind)) = behind {
+            let limit = self.bytes_per_sec.saturating_mul(BEHIND_USEC) / USEC_PER_SEC;
+            if behind > limit && at.saturating_sub(s.at) < HOLD_USEC {
+                return 0;
+            }
         }
         self.schedule = Some(Point { at, played });
         slip
+    }
+
+    /// Bytes `played` at `at` is behind schedule `s` (0 if ahead).
+    fn behind(&self, s: Point, at: u64, played: u64, rate_ratio: f64) -> u64 {
+        let elapsed = at.saturating_sub(s.at) as f64;
+        let expected = s.played as f64
+            + elapsed * self.bytes_per_sec as f64 * rate_ratio / USEC_PER_SEC as f64;
+        (expected - played as f64).max(0.0).round() as u64
     }
 
     /// Forgets the schedule (corked, flushed, new connection).
@@ -159,6 +179,42 @@ mod tests {
             |t| u32::from(t >= 1000),
         );
         assert_eq!(skips, vec![(1080, dry)]);
+    }
+
+    #[test]
+    fn a_stale_playing_report_before_the_underrun_count_does_not_hide_it() {
+        // As host-playd's reports were before it learnt to call a stale
+        // position "not playing": after a 100 ms stop, first a "playing"
+        // report at the last position extrapolated by 40 ms, then the
+        // underrun, then playing again 65 ms behind the old schedule.
+        let mut slip = UnderrunSlip::new(BPS, 4);
+        for t in (0..=1000u64).step_by(20) {
+            assert_eq!(slip.on_report(t * MS, t * 192, true, 0, 1.0), 0);
+        }
+        assert_eq!(slip.on_report(1108 * MS, 1040 * 192, true, 0, 1.0), 0);
+        assert_eq!(slip.on_report(1109 * MS, 1050 * 192, false, 1, 1.0), 0);
+        assert_eq!(
+            slip.on_report(1130 * MS, 1065 * 192, true, 1, 1.0),
+            65 * 192
+        );
+    }
+
+    #[test]
+    fn a_host_that_falls_behind_without_an_underrun_is_followed_after_a_while() {
+        let mut slip = UnderrunSlip::new(BPS, 4);
+        for t in (0..=1000u64).step_by(20) {
+            slip.on_report(t * MS, t * 192, true, 0, 1.0);
+        }
+        // 30 ms behind from 1020 ms on, no underrun counted: after 500 ms
+        // that is the schedule, and a later underrun is measured against it.
+        for t in (1020..=2000u64).step_by(20) {
+            assert_eq!(slip.on_report(t * MS, (t - 30) * 192, true, 0, 1.0), 0);
+        }
+        assert_eq!(slip.on_report(2020 * MS, 1990 * 192, false, 1, 1.0), 0);
+        assert_eq!(
+            slip.on_report(2040 * MS, 2000 * 192, true, 1, 1.0),
+            10 * 192
+        );
     }
 
     #[test]
