@@ -116,6 +116,11 @@ pub struct Prediction {
     pub reported: f64,
     /// When the player expects the impulse's first frame to be heard.
     pub predicted: f64,
+    /// The same prediction from the stream's last timing update alone (read
+    /// index − sink latency, advanced by the update's age while playing),
+    /// without libpulse's interpolation: tells the sink's report from the
+    /// smoother's following of it. `None` without valid timing.
+    pub raw_predicted: Option<f64>,
 }
 
 /// What the player should play.
@@ -238,6 +243,17 @@ fn play(
             continue;
         };
         let reported = latency_s(latency);
+        let heard_pos = stream.get_timing_info().and_then(|ti| {
+            if ti.read_index_corrupt != 0 {
+                return None;
+            }
+            let bytes_per_sec = f64::from(RATE) * FRAME_BYTES as f64;
+            let mut pos = ti.read_index as f64 / bytes_per_sec - ti.sink_usec.0 as f64 / 1e6;
+            if ti.playing != 0 {
+                pos += ti.timestamp.age().0 as f64 / 1e6;
+            }
+            Some(pos)
+        });
         for (index, start) in impulses {
             // The latency is that of the end of the write; the impulse
             // starts `end - start` frames before it.
@@ -247,6 +263,7 @@ fn play(
                 written: now,
                 reported,
                 predicted,
+                raw_predicted: heard_pos.map(|pos| now + start as f64 / f64::from(RATE) - pos),
             });
         }
     }

@@ -42,6 +42,14 @@ impl Pair {
         (self.heard - self.prediction.predicted) * 1e3
     }
 
+    /// heard − the prediction from the last timing update without
+    /// libpulse's interpolation ([`Prediction::raw_predicted`]), in ms.
+    pub fn raw_error_ms(&self) -> Option<f64> {
+        self.prediction
+            .raw_predicted
+            .map(|raw| (self.heard - raw) * 1e3)
+    }
+
     /// heard − written, in milliseconds: how long the sample took from the
     /// application's write to the ear.
     pub fn delay_ms(&self) -> f64 {
@@ -163,6 +171,7 @@ mod tests {
                 written: i as f64 * 0.3,
                 reported: 0.0,
                 predicted: i as f64 * 0.3,
+                raw_predicted: None,
             })
             .collect();
         // Everything 0.8 s late, impulse 4 lost.

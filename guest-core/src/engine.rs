@@ -223,12 +223,17 @@ impl Engine {
         usize::try_from(self.round_down_to_frames(bytes)).unwrap_or(0)
     }
 
-    /// Audio that was just rendered: sent when connected, dropped otherwise.
+    /// Audio that was just rendered: sent when connected (less what is
+    /// skipped after a host underrun), dropped otherwise.
     pub fn consume(&mut self, data: &[u8], now: u64) {
         let Link::Up(up) = &mut self.link else {
             return;
         };
         let (conn, session) = &mut **up;
+        // After a host underrun, what the host played silence for is
+        // skipped rather than sent (TunnelSession::take_skip).
+        let skip = usize::try_from(session.take_skip(data.len() as u64)).unwrap_or(data.len());
+        let data = data.get(skip..).unwrap_or_default();
         for chunk in data.chunks(MAX_AUDIO_CHUNK) {
             if let Err(e) = conn.queue_audio(chunk) {
                 self.drop_link(format!("cannot queue audio: {e}"), now);

@@ -4,7 +4,7 @@
 //! simulated against host-playd's own session logic (tests/drift_sim.rs).
 
 use secure_tunnel_protocol::{ClockReport, GuestMessage, HostMessage, StreamSpec};
-use secure_tunnel_timing::{ClockMapper, Credit, PlaybackEstimator};
+use secure_tunnel_timing::{ClockMapper, Credit, PlaybackEstimator, UnderrunSlip};
 
 /// Round-trip probes, for mapping host time onto guest time.
 pub const PING_INTERVAL_USEC: u64 = 250_000;
@@ -53,6 +53,10 @@ pub struct TunnelSession {
     credit: Credit,
     clock: ClockMapper,
     playback: PlaybackEstimator,
+    slip: UnderrunSlip,
+    /// Bytes still to be skipped (rendered from the inputs, not sent) to
+    /// catch up with what a host underrun set back.
+    skip: u64,
     /// Bytes rendered into this connection (equals bytes sent as Audio).
     rendered: u64,
     last_rx: u64,
@@ -68,13 +72,15 @@ impl TunnelSession {
     /// A session whose handshake completed at `now`, announcing
     /// `target_latency_usec`, with the sink doing `activity`.
     pub fn new(spec: StreamSpec, now: u64, target_latency_usec: u32, activity: Activity) -> Self {
-        let playback =
-            PlaybackEstimator::new(spec.bytes_per_second(), u64::from(spec.frame_size()));
+        let (bytes_per_sec, frame_size) = (spec.bytes_per_second(), u64::from(spec.frame_size()));
+        let playback = PlaybackEstimator::new(bytes_per_sec, frame_size);
         let mut session = TunnelSession {
             spec,
             credit: Credit::new(),
             clock: ClockMapper::new(),
             playback,
+            slip: UnderrunSlip::new(bytes_per_sec, frame_size),
+            skip: 0,
             rendered: 0,
             last_rx: now,
             next_ping: now,
@@ -91,7 +97,14 @@ impl TunnelSession {
         session
     }
 
+    /// Outside streaming there is no schedule to keep after an underrun.
+    fn forget_schedule(&mut self) {
+        self.slip.reset();
+        self.skip = 0;
+    }
+
     fn cork(&mut self) {
+        self.forget_schedule();
         if self.flow != Flow::Corked {
             self.flow = Flow::Corked;
             self.outgoing.push(GuestMessage::Cork);
@@ -108,6 +121,7 @@ impl TunnelSession {
                 // drop it so new sound starts without waiting behind it.
                 self.outgoing.push(GuestMessage::Flush);
                 self.outgoing.push(GuestMessage::Uncork);
+                self.forget_schedule();
                 self.flow = Flow::Streaming;
                 self.next_ping = now;
             }
@@ -117,6 +131,7 @@ impl TunnelSession {
             // again, so corking at once would lose up to the host's buffer
             // (docs/design.md, "Suspend and cork").
             (Activity::Idle | Activity::Suspended, Flow::Streaming) => {
+                self.forget_schedule();
                 self.flow = Flow::Draining {
                     until: self.rendered,
                 };
@@ -157,9 +172,22 @@ impl TunnelSession {
             .clock
             .host_to_guest(report.host_time_usec)
             .unwrap_or(now);
-        self.playback.set_rate_ratio(1.0 + self.clock.skew());
+        let ratio = 1.0 + self.clock.skew();
+        self.playback.set_rate_ratio(ratio);
         self.playback
             .on_report(at, now, report.played_bytes, report.playing);
+        let skip = self.slip.on_report(
+            at.min(now),
+            report.played_bytes,
+            report.playing,
+            report.underruns,
+            ratio,
+        );
+        if self.flow == Flow::Streaming {
+            self.skip = self.skip.saturating_add(skip);
+        } else {
+            self.forget_schedule();
+        }
         if report.underruns > self.underruns {
             self.underruns = report.underruns;
             self.notices.push(Notice::Underruns {
@@ -201,14 +229,28 @@ impl TunnelSession {
         self.next_ping.min(self.last_rx + STALL_TIMEOUT_USEC)
     }
 
-    /// Bytes that may be rendered now: what the host granted, nothing while
-    /// corked.
+    /// Bytes that may be rendered now: what the host granted plus what is
+    /// to be skipped after a host underrun ([`TunnelSession::take_skip`]),
+    /// nothing while corked.
     pub fn render_budget(&self) -> u64 {
         if self.flow == Flow::Corked {
             return 0;
         }
-        let bytes = self.credit.available();
+        let bytes = self.credit.available().saturating_add(self.skip);
         bytes - bytes % u64::from(self.spec.frame_size().max(1))
+    }
+
+    /// Of `bytes` just rendered, how many (from the front, whole frames) are
+    /// to be dropped instead of sent: after a host underrun the guest skips
+    /// as much audio as the host played silence in its place, so its
+    /// inputs' clocks stay true ([`UnderrunSlip`]). Call before
+    /// [`TunnelSession::on_rendered`], which takes the rest.
+    pub fn take_skip(&mut self, bytes: u64) -> u64 {
+        let frame = u64::from(self.spec.frame_size().max(1));
+        let n = self.skip.min(bytes);
+        let n = n - n % frame;
+        self.skip -= n;
+        n
     }
 
     /// Records `bytes` rendered and queued as audio.
@@ -278,6 +320,60 @@ mod tests {
             .drain_outgoing()
             .filter(|m| matches!(m, GuestMessage::Cork))
             .count()
+    }
+
+    fn underrun_report(played: u64, underruns: u32, playing: bool) -> HostMessage {
+        HostMessage::Clock(ClockReport {
+            host_time_usec: 0,
+            received_bytes: played,
+            played_bytes: played,
+            device_latency_usec: 0,
+            underruns,
+            playing,
+        })
+    }
+
+    #[test]
+    fn after_a_host_underrun_the_slip_is_skipped_not_sent() {
+        // Issue 14's shape: the host plays on schedule (no pongs yet, so a
+        // report is placed at its arrival), runs dry at 1 s for 65 ms, then
+        // plays again 65 ms behind.
+        let mut s = TunnelSession::new(spec(), 0, 60_000, Activity::Running);
+        for ms in (0..1000).step_by(20) {
+            s.on_message(underrun_report(ms * 192, 0, true), ms * 1000)
+                .unwrap();
+        }
+        s.on_message(underrun_report(1000 * 192, 1, false), 1_000_000)
+            .unwrap();
+        assert_eq!(s.render_budget(), 0, "nothing to skip while dry");
+        s.on_message(underrun_report(1015 * 192, 1, true), 1_080_000)
+            .unwrap();
+        assert_eq!(s.render_budget(), 65 * 192);
+        // The skip comes off the front of what is rendered; the rest is
+        // sent against credit.
+        assert_eq!(s.take_skip(40 * 192), 40 * 192);
+        assert_eq!(s.take_skip(40 * 192), 25 * 192);
+        assert_eq!(s.take_skip(40 * 192), 0);
+        assert_eq!(s.rendered(), 0, "skipped bytes are not sent");
+        // Back on schedule: no more skips.
+        s.on_message(underrun_report(1035 * 192, 1, true), 1_100_000)
+            .unwrap();
+        assert_eq!(s.render_budget(), 0);
+    }
+
+    #[test]
+    fn an_underrun_while_draining_or_corked_is_no_slip() {
+        let mut s = TunnelSession::new(spec(), 0, 60_000, Activity::Running);
+        s.on_message(underrun_report(0, 0, true), 0).unwrap();
+        s.on_message(underrun_report(19_200, 0, true), 100_000)
+            .unwrap();
+        s.set_activity(Activity::Idle, 100_000);
+        s.on_message(underrun_report(19_200, 1, false), 200_000)
+            .unwrap();
+        s.set_activity(Activity::Running, 5_000_000);
+        s.on_message(underrun_report(19_200, 1, true), 5_000_000)
+            .unwrap();
+        assert_eq!(s.render_budget(), 0);
     }
 
     #[test]

@@ -90,6 +90,13 @@ struct Outcome {
     /// |reported − true latency| every 5 ms from a host stall's start until
     /// 2 s after it: (time since the stall ended in usec, error in usec).
     after_stall: Vec<(i64, f64)>,
+    /// At the same instants, how much later than before the stall the guest
+    /// sink's inputs are heard (usec): the card's dry time since the stall
+    /// less what the guest skipped to catch up. What an application's clock
+    /// that extrapolates from before the stall (libpulse's smoother) is off.
+    timeline_after_stall: Vec<(i64, f64)>,
+    /// Bytes the guest skipped after host underruns.
+    skipped: u64,
 }
 
 /// One simulated tunnel.
@@ -131,6 +138,10 @@ fn simulate(sc: Scenario) -> Outcome {
 
     let mut host = Session::new(host_time(0), 5_000_000, "simulated guest");
     let mut card: Option<NullClock> = None;
+    // Host time the card opened at: its clock has ticked since.
+    let mut card_opened = 0u64;
+    // The card's dry time and the guest's skips when the stall began.
+    let mut at_stall: Option<(u64, u64)> = None;
     let mut guest: Option<TunnelSession> = None;
     to_host.send(
         0,
@@ -186,6 +197,7 @@ fn simulate(sc: Scenario) -> Outcome {
                 Action::Send(msg) => to_guest.send(t, msg, &mut rng),
                 Action::OpenStream(params) => {
                     card = Some(NullClock::new(48_000, 4, 0, params.tlength_bytes, h));
+                    card_opened = h;
                     let opened = Event::StreamOpened {
                         buffer_bytes: params.tlength_bytes,
                     };
@@ -225,9 +237,16 @@ fn simulate(sc: Scenario) -> Outcome {
                 g.poll(t, target_usec).expect("host never goes silent");
                 let budget = g.render_budget();
                 if budget > 0 {
-                    g.on_rendered(budget);
+                    // After a host underrun the guest skips (renders and
+                    // drops) as much as the card played silence for.
+                    let skip = g.take_skip(budget);
+                    out.skipped += skip;
+                    let sent = budget - skip;
+                    g.on_rendered(sent);
                     let mut msgs: Vec<GuestMessage> = g.drain_outgoing().collect();
-                    msgs.push(GuestMessage::Audio(vec![0; budget as usize]));
+                    if sent > 0 {
+                        msgs.push(GuestMessage::Audio(vec![0; sent as usize]));
+                    }
                     for m in msgs {
                         to_host.send(t, m, &mut rng);
                     }
@@ -245,6 +264,14 @@ fn simulate(sc: Scenario) -> Outcome {
                 let truth = (g.rendered() - card.status(h).played_bytes) as f64 * 1e6 / bps;
                 let error = (g.latency_usec(t) as f64 - truth).abs();
                 out.after_stall.push((t as i64 - stall_end as i64, error));
+                // Device bytes the card's clock ticked that were not guest
+                // audio: its dry time so far.
+                let ticked = card.ticks_in(h - card_opened) * 4;
+                let dry = ticked.saturating_sub(card.status(h).played_bytes);
+                let (dry_before, skipped_before) = *at_stall.get_or_insert((dry, out.skipped));
+                let late = (dry - dry_before) as f64 - (out.skipped - skipped_before) as f64;
+                out.timeline_after_stall
+                    .push((t as i64 - stall_end as i64, late * 1e6 / bps));
             }
             if t >= next_sample {
                 next_sample += 1_000_000;
@@ -410,5 +437,29 @@ fn latency_is_right_again_within_200_ms_of_a_host_underrun() {
         );
         // And the day-long checks' guarantees hold outside the stall.
         assert!(out.max_latency_error < 2_000.0, "{out:?}");
+        // The card was dry for a while, so everything after would be heard
+        // that much later than an application's clock, which extrapolates
+        // from before the stall, expects; the guest skips as much, so from
+        // 200 ms after the stall on its inputs are on their old schedule.
+        let worst_late = out
+            .timeline_after_stall
+            .iter()
+            .map(|(_, l)| *l)
+            .fold(0.0, f64::max);
+        let off: Vec<(i64, f64)> = out
+            .timeline_after_stall
+            .iter()
+            .filter(|(t, l)| *t >= 200_000 && l.abs() > 2_000.0)
+            .map(|(t, l)| (t / 1000, (l / 100.0).round() / 10.0))
+            .collect();
+        println!(
+            "  card dry for up to {worst_late:.0} us; the guest skipped {} us",
+            out.skipped * 1_000_000 / spec().bytes_per_second()
+        );
+        assert!(worst_late > 20_000.0, "the stall left the card dry: {sc:?}");
+        assert!(
+            off.is_empty(),
+            "inputs heard > 2 ms off their old schedule 200 ms after the stall (ms, ms): {off:?}"
+        );
     }
 }

@@ -10,15 +10,19 @@
 //!   by now", and so into the sink latency.
 //! - [`Credit`] is the flow-control ledger: the guest renders only what the
 //!   host has granted, so it follows the host's clock.
+//! - [`UnderrunSlip`] measures how far a host underrun set playback back, so
+//!   the guest can skip as much and its applications' clocks stay true.
 #![forbid(unsafe_code)]
 
 mod clock_map;
 mod credit;
 mod playback;
+mod slip;
 
 pub use clock_map::ClockMapper;
 pub use credit::Credit;
 pub use playback::PlaybackEstimator;
+pub use slip::UnderrunSlip;
 
 /// Microseconds in one second.
 pub const USEC_PER_SEC: u64 = 1_000_000;

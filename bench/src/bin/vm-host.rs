@@ -454,6 +454,7 @@ fn one_path(
         .map(|p| Prediction {
             written: p.written + offset_s,
             predicted: p.predicted + offset_s,
+            raw_predicted: p.raw_predicted.map(|r| r + offset_s),
             ..*p
         })
         .collect();
@@ -501,5 +502,6 @@ fn parse_prediction(rest: &str) -> Result<Prediction, String> {
         written: num(1)? / 1e3,
         reported: num(2)? / 1e3,
         predicted: num(3)? / 1e3,
+        raw_predicted: None,
     })
 }

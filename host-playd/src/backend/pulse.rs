@@ -69,6 +69,10 @@ struct PulseStream {
     update_arrived: Rc<Cell<Option<u64>>>,
     last_request_usec: u64,
     base: Option<TimingBase>,
+    /// Underruns already seen by [`PulseStream::take_timing`], and the host
+    /// time from which it last logged every timing update for a while.
+    underruns_logged: u32,
+    timing_log_from: Option<u64>,
 }
 
 /// The stream's position as of one timing update, in host time.
@@ -84,6 +88,47 @@ struct TimingBase {
     offset_bytes: i64,
     sink_usec: u64,
     playing: bool,
+}
+
+impl TimingBase {
+    /// Guest bytes heard at host time `now`.
+    ///
+    /// Extrapolated at most [`MAX_EXTRAPOLATION_USEC`] past the update: if
+    /// the daemon itself was stalled (scheduled out, stopped), the sink did
+    /// not necessarily play on, and the reported position never goes back.
+    fn played_at(&self, now: u64, corked: bool, spec: &StreamSpec) -> u64 {
+        let elapsed = if corked {
+            0
+        } else {
+            let since = now.saturating_sub(self.at_usec).min(MAX_EXTRAPOLATION_USEC);
+            i64::try_from(since).unwrap_or(i64::MAX)
+        };
+        let mut heard_usec = self.heard_usec.saturating_add(elapsed);
+        if !self.playing {
+            // Starved: the sink plays out what it took, and no further.
+            heard_usec = heard_usec.min(self.read_usec);
+        }
+        let heard_bytes = match u64::try_from(heard_usec) {
+            Ok(usec) => spec.usec_to_bytes(usec),
+            Err(_) => 0,
+        };
+        let played = i64::try_from(heard_bytes)
+            .unwrap_or(i64::MAX)
+            .saturating_add(self.offset_bytes);
+        // While playing, what was written bounds it (clamped by the caller).
+        u64::try_from(played).unwrap_or(0)
+    }
+
+    /// Whether the position [`TimingBase::played_at`] gives at `now` is
+    /// still advancing: the server said it plays, and `now` is within the
+    /// extrapolation bound. Past it the position stands still, and saying
+    /// "playing" would let the guest extrapolate audio nobody played: after
+    /// host-playd was stopped for 100 ms its first report (the update
+    /// arrived just after it) read "playing" at a position 74 ms behind, so
+    /// the guest took a dry host for one that played on (issue 14).
+    fn advancing(&self, now: u64) -> bool {
+        self.playing && now.saturating_sub(self.at_usec) <= MAX_EXTRAPOLATION_USEC
+    }
 }
 
 /// The control operations of one stream: what the guest wants, what was
@@ -109,6 +154,11 @@ pub const MAX_PENDING_OPS: usize = 4;
 
 /// How often each stream's timing is refreshed from the server.
 pub const TIMING_UPDATE_USEC: u64 = 20_000;
+
+/// How long after an underrun every timing update is logged (debug).
+const TIMING_LOG_USEC: u64 = 1_000_000;
+/// At most one such log window per this much host time.
+const TIMING_LOG_GAP_USEC: u64 = 10_000_000;
 
 /// How far past the last timing update the played position is extrapolated.
 pub const MAX_EXTRAPOLATION_USEC: u64 = 2 * TIMING_UPDATE_USEC;
@@ -366,6 +416,8 @@ impl PulseBackend {
             update_arrived: Rc::new(Cell::new(None)),
             last_request_usec: 0,
             base: None,
+            underruns_logged: 0,
+            timing_log_from: None,
         })
     }
 
@@ -584,7 +636,10 @@ impl AudioBackend for PulseBackend {
             s.last_played = s.last_played.max(played.min(s.written));
         }
         let (device_latency_usec, playing) = s.base.map_or((0, false), |b| {
-            (u32::try_from(b.sink_usec).unwrap_or(u32::MAX), b.playing)
+            (
+                u32::try_from(b.sink_usec).unwrap_or(u32::MAX),
+                b.advancing(now),
+            )
         });
         Some(StreamStatus {
             host_time_usec: now,
@@ -680,33 +735,88 @@ impl PulseStream {
             sink_usec: info.sink_usec.0,
             playing: info.playing != 0,
         });
+        // What the server says across an underrun is what the guest's
+        // latency is built on: logged for a while after one, at most once
+        // per TIMING_LOG_GAP_USEC (a guest can starve its stream at will).
+        let underruns = self.underruns.get();
+        if underruns != self.underruns_logged {
+            self.underruns_logged = underruns;
+            if self.timing_log_from.map_or(true, |from| {
+                at_usec >= from.saturating_add(TIMING_LOG_GAP_USEC)
+            }) {
+                self.timing_log_from = Some(at_usec);
+            }
+        }
+        if self
+            .timing_log_from
+            .is_some_and(|from| at_usec < from.saturating_add(TIMING_LOG_USEC))
+        {
+            log::debug!(
+                "timing after underrun {underruns}: at {at_usec} written {} write_index {} \
+                 read_index {} sink {} us transport {} us playing {} since_underrun {}",
+                self.written,
+                info.write_index,
+                info.read_index,
+                info.sink_usec.0,
+                info.transport_usec.0,
+                info.playing,
+                info.since_underrun,
+            );
+        }
     }
 
     /// Guest bytes heard at host time `now`, from the last timing update.
     fn played_at(&self, now: u64) -> Option<u64> {
-        let base = self.base?;
-        // Extrapolate at most a few timing periods past the last update: if
-        // the daemon itself was stalled (scheduled out, stopped), the sink
-        // did not necessarily play on, and `last_played` never goes back.
-        let elapsed = if self.corked {
-            0
-        } else {
-            let since = now.saturating_sub(base.at_usec).min(MAX_EXTRAPOLATION_USEC);
-            i64::try_from(since).unwrap_or(i64::MAX)
-        };
-        let mut heard_usec = base.heard_usec.saturating_add(elapsed);
-        if !base.playing {
-            // Starved: the sink plays out what it took, and no further.
-            heard_usec = heard_usec.min(base.read_usec);
+        Some(self.base?.played_at(now, self.corked, &self.spec))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secure_tunnel_protocol::{SampleFormat, StreamSpec};
+
+    use super::{TimingBase, MAX_EXTRAPOLATION_USEC};
+
+    /// 48 kHz stereo s16: 192 bytes per millisecond.
+    fn spec() -> StreamSpec {
+        StreamSpec {
+            format: SampleFormat::S16Le,
+            rate: 48_000,
+            channel_map: vec![1, 2],
         }
-        let heard_bytes = match u64::try_from(heard_usec) {
-            Ok(usec) => self.spec.usec_to_bytes(usec),
-            Err(_) => 0,
-        };
-        let played = i64::try_from(heard_bytes)
-            .unwrap_or(i64::MAX)
-            .saturating_add(base.offset_bytes);
-        // While playing, what was written bounds it (clamped by the caller).
-        Some(u64::try_from(played).unwrap_or(0))
+    }
+
+    fn base(playing: bool) -> TimingBase {
+        TimingBase {
+            at_usec: 1_000_000,
+            heard_usec: 500_000,
+            read_usec: 510_000,
+            offset_bytes: 0,
+            sink_usec: 10_000,
+            playing,
+        }
+    }
+
+    #[test]
+    fn a_stale_update_stops_advancing_and_says_so() {
+        let b = base(true);
+        assert_eq!(b.played_at(1_020_000, false, &spec()), 520 * 192);
+        assert!(b.advancing(1_020_000));
+        // host-playd was stopped for 100 ms: the position stands at the
+        // bound, and the report must not say it advances.
+        let late = 1_000_000 + 100_000;
+        let bound = 500 * 192 + MAX_EXTRAPOLATION_USEC / 1000 * 192;
+        assert_eq!(b.played_at(late, false, &spec()), bound);
+        assert!(!b.advancing(late));
+    }
+
+    #[test]
+    fn a_starved_stream_plays_out_what_the_sink_took_and_stops() {
+        let b = base(false);
+        assert_eq!(b.played_at(1_005_000, false, &spec()), 505 * 192);
+        assert_eq!(b.played_at(1_030_000, false, &spec()), 510 * 192);
+        assert!(!b.advancing(1_005_000));
+        // corked: no extrapolation at all
+        assert_eq!(base(true).played_at(1_030_000, true, &spec()), 500 * 192);
     }
 }
