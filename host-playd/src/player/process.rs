@@ -31,6 +31,10 @@ use crate::sandbox;
 /// How often each open stream's status is pushed at least (the engine's
 /// period); more often when the server asks for audio.
 pub const STATUS_INTERVAL_USEC: u64 = 5_000;
+/// Status packets between the periodic ones are at least this far apart:
+/// the requests of many streams coalesce into one packet (each wakes the
+/// guest-facing engine, which then looks at every session).
+pub const MIN_STATUS_GAP_USEC: u64 = 1_000;
 /// The player's sleep when no stream is open.
 pub const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// Requests handled before the player looks at its streams again.
@@ -118,6 +122,7 @@ pub fn run(sock: OwnedFd, config: PlayerConfig) -> Result<(), PlayerError> {
         connected: reachable,
     })?;
     let mut next_status = 0u64;
+    let mut last_sent = 0u64;
     loop {
         let now = clock.now_usec();
         let timeout = if player.streams() > 0 {
@@ -150,11 +155,14 @@ pub fn run(sock: OwnedFd, config: PlayerConfig) -> Result<(), PlayerError> {
         }
         let now = clock.now_usec();
         let due = now >= next_status;
-        if let Some(status) = player.status(due) {
-            next_status = now + STATUS_INTERVAL_USEC;
-            link.status(&status)?;
-        } else if due {
-            next_status = now + STATUS_INTERVAL_USEC;
+        if due || now >= last_sent + MIN_STATUS_GAP_USEC {
+            if let Some(status) = player.status(due) {
+                last_sent = now;
+                link.status(&status)?;
+            }
+            if due {
+                next_status = now + STATUS_INTERVAL_USEC;
+            }
         }
         link.flush()?;
     }

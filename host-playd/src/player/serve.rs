@@ -305,16 +305,15 @@ impl<B: AudioBackend> Player<B> {
         self.status(true)
     }
 
-    /// A snapshot of every open stream if one of them can take more audio
-    /// than the last snapshot said (the server asked for more: the credit a
-    /// guest waits for), or if `due` (the periodic one, for clock reports);
-    /// `None` otherwise. Sending the former at once keeps the credit loop
+    /// A snapshot of every open stream if `due` (the periodic one, for clock
+    /// reports), else of those that can take more audio than the last
+    /// snapshot said (the server asked for more: the credit a guest waits
+    /// for); `None` when there is nothing to say. Sending the former at once keeps the credit loop
     /// as short as when the engine read libpulse in-process: a request the
     /// server makes is passed on within one main-loop iteration, not at the
     /// next period.
     pub fn status(&mut self, due: bool) -> Option<Report> {
         let mut entries = Vec::new();
-        let mut grew = false;
         for (&id, held) in &mut self.streams {
             if !held.opened {
                 continue;
@@ -322,28 +321,24 @@ impl<B: AudioBackend> Player<B> {
             if let Some(status) = self.backend.status(id) {
                 held.played = held.played.max(status.played_bytes.min(held.received));
                 let limit = held.received + status.writable_bytes;
-                grew |= limit > held.limit_sent;
-                entries.push((id, held.received, status, limit));
+                // Between periodic snapshots only the streams that can take
+                // more (with many guests, a request on one stream must not
+                // cost a snapshot of all).
+                if due || limit > held.limit_sent {
+                    held.limit_sent = limit;
+                    entries.push(StatusEntry {
+                        id,
+                        received_bytes: held.received,
+                        status,
+                    });
+                }
             }
         }
-        if entries.is_empty() || !(due || grew) {
+        if entries.is_empty() {
             return None;
         }
-        let mut out: Vec<StatusEntry> = entries
-            .into_iter()
-            .map(|(id, received_bytes, status, limit)| {
-                if let Some(held) = self.streams.get_mut(&id) {
-                    held.limit_sent = limit;
-                }
-                StatusEntry {
-                    id,
-                    received_bytes,
-                    status,
-                }
-            })
-            .collect();
-        out.sort_by_key(|e| e.id);
-        Some(Report::Status(out))
+        entries.sort_by_key(|e| e.id);
+        Some(Report::Status(entries))
     }
 }
 

@@ -367,3 +367,23 @@ fn status_goes_out_when_the_stream_can_take_more_or_when_due() {
     now.fetch_add(30_000, Ordering::SeqCst);
     assert!(p.status(false).is_some());
 }
+
+#[test]
+fn between_periodic_snapshots_only_streams_with_more_room_are_sent() {
+    let (now, mut p) = player();
+    opened(&mut p, 1, 19_200);
+    opened(&mut p, 2, 19_200);
+    assert!(matches!(p.status(true), Some(Report::Status(e)) if e.len() == 2));
+    p.handle(
+        0,
+        Request::Write {
+            id: 1,
+            data: vec![0; 4_800],
+        },
+    );
+    now.fetch_add(30_000, Ordering::SeqCst);
+    match p.status(false) {
+        Some(Report::Status(e)) => assert_eq!(e.iter().map(|e| e.id).collect::<Vec<_>>(), [1]),
+        other => panic!("{other:?}"),
+    }
+}
