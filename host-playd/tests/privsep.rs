@@ -62,8 +62,13 @@ fn nice_of(pid: u32) -> i32 {
     after.split_whitespace().nth(16).unwrap().parse().unwrap()
 }
 
-#[test]
-fn only_the_player_holds_the_sound_server_connection() {
+/// A private PulseAudio and host-playd playing on it, in a temp dir.
+fn stack() -> (
+    tempfile::TempDir,
+    PrivatePulse,
+    std::path::PathBuf,
+    common::ChildGuard,
+) {
     assert!(
         have_pulseaudio(),
         "pulseaudio is not installed (scripts/setup.sh)"
@@ -78,6 +83,12 @@ fn only_the_player_holds_the_sound_server_connection() {
         &["--pulse-server", &pulse.server, "--sink", "hostsink"],
         pulse_env(dir.path()),
     );
+    (dir, pulse, socket, playd)
+}
+
+#[test]
+fn only_the_player_holds_the_sound_server_connection() {
+    let (dir, pulse, socket, playd) = stack();
     let mut guest = Guest::connect(&socket);
     guest.handshake(50_000);
     let mut flow = Flow::default();
@@ -130,20 +141,7 @@ fn only_the_player_holds_the_sound_server_connection() {
 
 #[test]
 fn a_killed_player_ends_the_daemon_with_a_goodbye_to_every_guest() {
-    assert!(
-        have_pulseaudio(),
-        "pulseaudio is not installed (scripts/setup.sh)"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let pulse = PrivatePulse::start(dir.path());
-    open_to_everyone(dir.path());
-    let socket = dir.path().join("playd.sock");
-    let mut playd = start_playd_env(
-        dir.path(),
-        &socket,
-        &["--pulse-server", &pulse.server, "--sink", "hostsink"],
-        pulse_env(dir.path()),
-    );
+    let (dir, pulse, socket, mut playd) = stack();
     let baseline = 0;
     let mut guests: Vec<Guest> = (0..2)
         .map(|_| {
