@@ -93,9 +93,12 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "MODE")]
     pub sandbox: Option<SandboxMode>,
 
-    /// Enter the sandbox, try what it must forbid (read /etc/passwd, write a
-    /// file, run /bin/true, open netlink and packet sockets, become root),
-    /// report each, and exit non-zero if any succeeded.
+    /// Enter each process's sandbox (the player's, then the guest-facing
+    /// one's), try what it must forbid (read /etc/passwd, write a file, run
+    /// /bin/true, open netlink, packet, unix or IP sockets, send UDP, stat
+    /// /etc/shadow, connect elsewhere, become root), report each, and exit
+    /// non-zero if any succeeded; what the kernel cannot deny is reported as
+    /// LIMIT.
     #[arg(long)]
     pub check_sandbox: bool,
 
@@ -105,11 +108,12 @@ pub struct Args {
     #[arg(long)]
     pub check_config: bool,
 
-    /// Niceness of every host-playd thread, set at start-up before any
-    /// thread exists (PulseAudio's own daemon runs at -11). Raising it above
-    /// the inherited value needs CAP_SYS_NICE (root) or RLIMIT_NICE; when
-    /// refused, host-playd logs it and runs as it is. No real-time class:
-    /// these threads read untrusted guest input [default: -11].
+    /// Niceness of the player process, which plays the audio (PulseAudio's
+    /// own daemon runs at -11); the process reading guest input stays at the
+    /// niceness host-playd started with, never below 0. Raising it above the
+    /// inherited value needs CAP_SYS_NICE (root) or RLIMIT_NICE; when
+    /// refused, host-playd logs it and runs as it is. No real-time class
+    /// [default: -11].
     #[arg(
         long,
         value_name = "N",
