@@ -14,10 +14,16 @@
 #      guest's module reconnects by itself;
 #   5. host-playd's log lines are in the journal (journalctl -u host-playd).
 #
-# host-playd runs with --backend null (the container has no PulseAudio; the
-# audio path is what the other tests check). The user unit is not exercised:
-# it needs a user manager (systemd --user) inside the container, see the
-# closing note of issue 14.
+#   6. the user units: a lingering user's manager (systemd --user) with its
+#      own PulseAudio (Debian's pulseaudio.socket user unit) and the
+#      package's host-playd.socket; the guest connects to the user's socket,
+#      the user's host-playd runs as that user with seccomp, its player
+#      process (also under seccomp) is the client that owns the guest's
+#      sink-input in the user's PulseAudio.
+#
+# The system service runs with --backend null (the container has no system
+# PulseAudio; the audio path is what the other tests check); the user units
+# play for real.
 #
 # Last line: "systemd-test: PASS ..." or "systemd-test: FAIL (...)".
 #   SYSTEMD_KEEP=1 keeps the run directory.
@@ -172,5 +178,56 @@ grep -q "host-playd .* starting on" "$run/journal.txt" || fail "no start line in
 grep -q "sandbox: seccomp" "$run/journal.txt" || fail "no sandbox line in the journal"
 say "5. journal: $(wc -l <"$run/journal.txt") lines of host-playd.service, e.g. \"$(grep -m1 'connected from' "$run/journal.txt")\""
 
+# 6. The user units, under a user manager (a lingering user), playing into
+# that user's own PulseAudio through the player process.
+in_ct useradd -m -s /bin/sh st-user >/dev/null 2>&1 || fail "useradd st-user"
+user_uid="$(in_ct id -u st-user)"
+in_ct loginctl enable-linger st-user || fail "loginctl enable-linger st-user"
+user_up() { in_ct systemctl is-active "user@$user_uid.service" >/dev/null 2>&1; }
+wait_for 30 "the user manager of st-user did not start" user_up
+uctl() { in_ct runuser -u st-user -- env "XDG_RUNTIME_DIR=/run/user/$user_uid" systemctl --user "$@"; }
+uctl enable --now pulseaudio.socket >/dev/null 2>&1 || fail "enabling the user's pulseaudio.socket"
+uctl enable --now host-playd.socket >/dev/null 2>&1 || fail "enabling the user's host-playd.socket"
+user_sock="/proc/$leader/root/run/user/$user_uid/host-playd/guest.sock"
+sock_there() { [ -S "$user_sock" ]; }
+wait_for 10 "the user socket unit did not create its socket" sock_there
+gpactl load-module module-secure-tunnel-sink "server=unix:$user_sock" \
+  sink_name=user_tunnel format=s16le rate=48000 channels=2 reconnect_interval_msec=200 \
+  >/dev/null || fail "load-module (user unit): $(tail -5 "$run/guest/pulseaudio.log")"
+user_connected() {
+  gpactl list sinks | grep -A40 'Name: user_tunnel' | grep -q 'secure_tunnel.connected = "yes"'
+}
+wait_for 20 "the guest did not connect through the user socket unit" user_connected
+upid="$(uctl show -P MainPID host-playd.service)"
+[ "${upid:-0}" -gt 0 ] || fail "no MainPID for the user's host-playd.service"
+ustatus="$(in_ct cat "/proc/$upid/status")"
+ufield() { awk -v f="$1:" '$1 == f { print $2 }' <<<"$ustatus"; }
+[ "$(ufield Uid)" = "$user_uid" ] || fail "the user service runs as uid $(ufield Uid)"
+[ "$(ufield Seccomp)" = 2 ] || fail "the user service: Seccomp $(ufield Seccomp)"
+player="$(in_ct cat "/proc/$upid/task/$upid/children" | awk '{print $1}')"
+[ -n "$player" ] || fail "the user's host-playd has no player process"
+pstatus="$(in_ct cat "/proc/$player/status")"
+[ "$(awk '$1 == "Seccomp:" { print $2 }' <<<"$pstatus")" = 2 ] || fail "the player: no seccomp filter"
+# The guest's stream is a sink-input of the user's PulseAudio, made by the player.
+upactl() { in_ct runuser -u st-user -- env "XDG_RUNTIME_DIR=/run/user/$user_uid" pactl "$@"; }
+has_input() { [ "$(upactl list short sink-inputs 2>/dev/null | wc -l)" -ge 1 ]; }
+wait_for 10 "no sink-input in the user's PulseAudio" has_input
+upactl list clients 2>/dev/null | grep -q "application.process.id = \"$player\"" \
+  || fail "the sink-input's client is not the player process $player"
+say "6. user units: st-user's host-playd.service (uid $user_uid, Seccomp 2) with player $player plays into st-user's PulseAudio"
+uctl kill -s KILL host-playd.service
+urestarted() { local p; p="$(uctl show -P MainPID host-playd.service)"; [ "${p:-0}" -gt 0 ] && [ "$p" != "$upid" ]; }
+wait_for 15 "the user's host-playd.service was not restarted after SIGKILL" urestarted
+ujournal() { in_ct journalctl "_SYSTEMD_USER_UNIT=host-playd.service" --no-pager -o cat 2>/dev/null; }
+ureconnected() { [ "$(ujournal | grep -c 'connected from')" -ge 2 ] && user_connected; }
+wait_for 20 "the guest did not reconnect to the restarted user service" ureconnected
+# journald may take a moment to file the lines of the user's units.
+player_logged() { ujournal | grep -q "player process [0-9]* started"; }
+wait_for 10 "no player line in the user journal" player_logged
+in_ct runuser -u st-user -- env "XDG_RUNTIME_DIR=/run/user/$user_uid" \
+  systemd-analyze --user security --no-pager host-playd.service >"$run/user-security.txt" 2>&1 || true
+uscore="$(sed -n 's/.*Overall exposure level for host-playd.service: \([0-9.]*\).*/\1/p' "$run/user-security.txt")"
+say "7. user units: restarted after SIGKILL, the guest reconnected, journal has the player's start; systemd-analyze --user security: ${uscore:-n/a} (not bounded: a user manager cannot set up mount namespaces)"
+
 failed=0
-echo "systemd-test: PASS (systemd as PID 1 in systemd-nspawn; socket activation, sandbox, security $score, restart + reconnect, journal)"
+echo "systemd-test: PASS (systemd as PID 1 in systemd-nspawn; socket activation, sandbox, security $score, restart + reconnect, journal; user units into the user's PulseAudio)"

@@ -6,7 +6,9 @@
 //! PulseAudio), the live service's sandbox in /proc (uid, CapEff,
 //! NoNewPrivs, Seccomp), `systemd-analyze security` ≤ 2.0, restart after
 //! SIGKILL with the guest reconnecting, and host-playd's lines in the
-//! journal. About 1.5 min on 2 cores.
+//! journal; then the user units under a lingering user's manager, playing
+//! through the player process into that user's own PulseAudio, restarted
+//! after SIGKILL. About 1.5 min on 2 cores.
 //!
 //! Needs root, overlayfs and systemd-container (`scripts/setup.sh`); without
 //! them the test fails and says why.
