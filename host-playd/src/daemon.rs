@@ -195,8 +195,9 @@ impl Daemon {
     pub fn run(mut self, stop: &AtomicBool) -> Result<(), DaemonError> {
         let clock = HostClock::new();
         let (handle, commands, wake) = engine::channel()?;
-        let mut backend: Box<dyn AudioBackend> = match self.player_config(clock) {
-            Some(config) => {
+        let mut backend: Box<dyn AudioBackend> = match &self.config.backend {
+            BackendChoice::Pulse(pulse) => {
+                let config = pulse_player_config(&self.config, pulse, clock, self.player_nice);
                 let spawned = player::spawn::spawn(&self.player_exe, &config, false)
                     .map_err(DaemonError::PlayerStart)?;
                 log::info!("player process {} started", spawned.child.id());
@@ -205,7 +206,7 @@ impl Daemon {
                 crate::sys::return_to_base_nice();
                 Box::new(RemoteBackend::new(spawned.sock, clock)?)
             }
-            None => build_in_process(&self.config.backend, clock),
+            BackendChoice::Null { skew_ppm } => Box::new(NullBackend::new(clock, *skew_ppm)),
         };
         // The player connects to the sound server before it enters its
         // own sandbox; this process only waits to hear that it did.
@@ -338,17 +339,27 @@ pub fn player_config(
     clock: HostClock,
     nice: Option<i32>,
 ) -> Option<PlayerConfig> {
-    let BackendChoice::Pulse(pulse) = &config.backend else {
-        return None;
-    };
-    Some(PlayerConfig {
+    match &config.backend {
+        BackendChoice::Pulse(pulse) => Some(pulse_player_config(config, pulse, clock, nice)),
+        BackendChoice::Null { .. } => None,
+    }
+}
+
+/// The player's configuration for playing through `pulse`.
+fn pulse_player_config(
+    config: &DaemonConfig,
+    pulse: &PulseConfig,
+    clock: HostClock,
+    nice: Option<i32>,
+) -> PlayerConfig {
+    PlayerConfig {
         pulse: pulse.clone(),
         epoch_monotonic_usec: clock.epoch_monotonic_usec().unwrap_or(0),
         nice,
         log_level: log::max_level().as_str().to_ascii_lowercase(),
         limits: player_limits(config),
         sandbox: player_sandbox_config(config, pulse),
-    })
+    }
 }
 
 /// The player's own bounds: the loosest any rule of the policy allows.
@@ -465,15 +476,6 @@ pub fn pulse_targets(server: &str, unix: &mut Vec<PathBuf>, tcp: &mut Vec<u16>) 
 
 /// PulseAudio's native protocol port.
 pub const DEFAULT_PULSE_PORT: u16 = 4713;
-
-/// The backend for a configuration without a player process.
-fn build_in_process(choice: &BackendChoice, clock: HostClock) -> Box<dyn AudioBackend> {
-    match choice {
-        BackendChoice::Null { skew_ppm } => Box::new(NullBackend::new(clock, *skew_ppm)),
-        // Pulse always runs in the player (see player_config).
-        BackendChoice::Pulse(_) => Box::new(NullBackend::new(clock, 0)),
-    }
-}
 
 #[cfg(test)]
 mod tests {

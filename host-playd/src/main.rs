@@ -106,11 +106,11 @@ fn run(args: &Args, inherited: Vec<std::os::fd::OwnedFd>) -> anyhow::Result<()> 
 fn check_sandbox(args: &Args) -> anyhow::Result<ExitCode> {
     let config = args.to_config().context("invalid options")?;
     let mut player_ok = true;
-    let clock = HostClock::new();
-    if let Some(player) = player_config(&config, clock, None) {
+    let player = player_config(&config, HostClock::new(), None);
+    if let Some(player) = &player {
         let exe = std::path::Path::new(player::spawn::SELF_EXE);
         let mut spawned =
-            player::spawn::spawn(exe, &player, true).context("cannot start the player check")?;
+            player::spawn::spawn(exe, player, true).context("cannot start the player check")?;
         let status = spawned
             .child
             .wait()
@@ -119,12 +119,8 @@ fn check_sandbox(args: &Args) -> anyhow::Result<ExitCode> {
     }
     let sandbox = sandbox_config(&config, 1);
     let scratch = std::env::temp_dir();
-    let server_sockets = match &config.backend {
-        BackendChoice::Pulse(_) => player_config(&config, clock, None)
-            .map(|p| p.sandbox.connect_unix)
-            .unwrap_or_default(),
-        BackendChoice::Null { .. } => Vec::new(),
-    };
+    // The guest-facing process must not reach the player's server.
+    let server_sockets = player.map(|p| p.sandbox.connect_unix).unwrap_or_default();
     let prepared = check::Prepared::make();
     let mut status = check::SelfStatus::open().context("cannot open /proc/self/status")?;
     sandbox::apply(&sandbox).context("cannot enter the sandbox")?;

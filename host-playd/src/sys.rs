@@ -47,23 +47,7 @@ pub fn take_listen_fds() -> Result<Vec<OwnedFd>, String> {
     let mut owned = Vec::with_capacity(count);
     for i in 0..count {
         let fd = LISTEN_FDS_START + RawFd::try_from(i).map_err(|e| e.to_string())?;
-        // SAFETY: fcntl(F_GETFD) only reads the descriptor table entry; an
-        // invalid number yields -1/EBADF and no side effect.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-        if flags < 0 {
-            return Err(format!(
-                "LISTEN_FDS={count} but descriptor {fd} is not open: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        // SAFETY: as above; FD_CLOEXEC keeps the socket from leaking into
-        // anything we might run.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
-            return Err(format!(
-                "cannot set close-on-exec on descriptor {fd}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+        set_cloexec(fd).map_err(|e| format!("LISTEN_FDS={count}: {e}"))?;
         // SAFETY: `fd` is open (checked above) and was inherited through
         // exec under the sd_listen_fds protocol, addressed to this pid.
         // Nothing else in this process owns it: this function runs once
@@ -74,14 +58,9 @@ pub fn take_listen_fds() -> Result<Vec<OwnedFd>, String> {
     Ok(owned)
 }
 
-/// Takes ownership of the player's end of the internal socketpair, which
-/// the guest-facing process left open across the exec at descriptor `fd`
-/// (passed on the command line). Checked: it is open, above stdio, and a
-/// unix `SOCK_SEQPACKET` socket; close-on-exec is set again.
-pub fn adopt_player_socket(fd: RawFd) -> Result<OwnedFd, String> {
-    if fd <= 2 {
-        return Err(format!("descriptor {fd} is stdio, not the player socket"));
-    }
+/// Checks that `fd` is open and sets close-on-exec on it (so an inherited
+/// descriptor leaks into nothing the daemon might run).
+fn set_cloexec(fd: RawFd) -> Result<(), String> {
     // SAFETY: fcntl(F_GETFD) only reads the descriptor table entry; an
     // invalid number yields -1/EBADF and no side effect.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -91,13 +70,26 @@ pub fn adopt_player_socket(fd: RawFd) -> Result<OwnedFd, String> {
             io::Error::last_os_error()
         ));
     }
-    // SAFETY: as above, on an open descriptor.
+    // SAFETY: as above, on an open descriptor; only its FD_CLOEXEC flag
+    // changes.
     if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
         return Err(format!(
             "cannot set close-on-exec on descriptor {fd}: {}",
             io::Error::last_os_error()
         ));
     }
+    Ok(())
+}
+
+/// Takes ownership of the player's end of the internal socketpair, which
+/// the guest-facing process left open across the exec at descriptor `fd`
+/// (passed on the command line). Checked: it is open, above stdio, and a
+/// unix `SOCK_SEQPACKET` socket; close-on-exec is set again.
+pub fn adopt_player_socket(fd: RawFd) -> Result<OwnedFd, String> {
+    if fd <= 2 {
+        return Err(format!("descriptor {fd} is stdio, not the player socket"));
+    }
+    set_cloexec(fd)?;
     // SAFETY: `fd` is open (checked above) and was inherited through exec
     // from the guest-facing process, which passed exactly this number for
     // this purpose and kept no other use for it in this (new) image; the

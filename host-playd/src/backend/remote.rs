@@ -13,12 +13,11 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{recv, send, MsgFlags};
 
 use secure_tunnel_protocol::StreamSpec;
 
@@ -26,7 +25,8 @@ use super::pulse::MAX_EXTRAPOLATION_USEC;
 use super::{AudioBackend, BackendError, StreamEvent, StreamId, StreamParams, StreamStatus};
 use crate::clock::HostClock;
 use crate::engine::WakeReceiver;
-use crate::player::wire::{Report, Request, StatusEntry, MAX_PACKET, NO_VOLUME_CAP};
+use crate::player::packet::{self, Received};
+use crate::player::wire::{Report, Request, StatusEntry, NO_VOLUME_CAP};
 
 /// Bytes of packets that may wait for the player before it counts as stuck
 /// (a few seconds of audio for every guest at once).
@@ -86,7 +86,7 @@ impl RemoteBackend {
             connected: false,
             heard: false,
             failure: None,
-            packet: vec![0; MAX_PACKET + 1],
+            packet: packet::buffer(),
             scratch: Vec::new(),
             wake_ready: false,
         })
@@ -103,16 +103,12 @@ impl RemoteBackend {
             return;
         }
         if self.queue.is_empty() {
-            match send(
-                self.sock.as_raw_fd(),
-                &packet,
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-            ) {
-                Ok(_) => {
+            match packet::try_send(&self.sock, &packet) {
+                Ok(true) => {
                     self.scratch = packet;
                     return;
                 }
-                Err(Errno::EAGAIN | Errno::EINTR) => {}
+                Ok(false) => {}
                 Err(e) => {
                     self.fail(format!("cannot send to the player: {e}"));
                     return;
@@ -131,16 +127,12 @@ impl RemoteBackend {
 
     fn flush_queue(&mut self) {
         while let Some(packet) = self.queue.front() {
-            match send(
-                self.sock.as_raw_fd(),
-                packet,
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-            ) {
-                Ok(_) => {
+            match packet::try_send(&self.sock, packet) {
+                Ok(true) => {
                     self.queued_bytes -= packet.len();
                     self.queue.pop_front();
                 }
-                Err(Errno::EAGAIN | Errno::EINTR) => return,
+                Ok(false) => return,
                 Err(e) => {
                     self.fail(format!("cannot send to the player: {e}"));
                     return;
@@ -151,26 +143,18 @@ impl RemoteBackend {
 
     fn receive(&mut self) {
         while self.failure.is_none() {
-            let n = match recv(
-                self.sock.as_raw_fd(),
-                &mut self.packet,
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
-            ) {
-                Ok(0) => {
+            let n = match packet::try_recv(&self.sock, &mut self.packet) {
+                Ok(Received::Packet(n)) => n,
+                Ok(Received::Empty) => return,
+                Ok(Received::Closed) => {
                     self.fail("the player process closed its socket".to_owned());
                     return;
                 }
-                Ok(n) => n,
-                Err(Errno::EAGAIN | Errno::EINTR) => return,
                 Err(e) => {
                     self.fail(format!("cannot read from the player: {e}"));
                     return;
                 }
             };
-            if n > MAX_PACKET {
-                self.fail(format!("the player sent a {n}-byte packet"));
-                return;
-            }
             match Report::decode(&self.packet[..n]) {
                 Ok(report) => self.report(report),
                 Err(e) => {

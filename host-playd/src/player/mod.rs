@@ -6,6 +6,7 @@
 //! of [`wire`]. See docs/host-design.md for who holds what, and why.
 #![forbid(unsafe_code)]
 
+pub mod packet;
 pub mod process;
 pub mod serve;
 pub mod spawn;

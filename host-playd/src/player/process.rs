@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::socket::{recv, send, MsgFlags};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use thiserror::Error;
 
+use super::packet::{self, Received};
 use super::serve::Player;
-use super::wire::{Report, Request, MAX_PACKET};
+use super::wire::{Report, Request};
 use super::PlayerConfig;
 use crate::backend::pulse::PulseBackend;
 use crate::backend::AudioBackend;
@@ -186,34 +186,27 @@ impl Link {
     fn new(sock: OwnedFd) -> Self {
         Link {
             sock,
-            buf: vec![0; MAX_PACKET + 1],
+            buf: packet::buffer(),
             out: Vec::new(),
             pending: VecDeque::new(),
         }
     }
 
     fn receive(&mut self) -> Result<Incoming, PlayerError> {
-        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC;
-        match recv(self.sock.as_raw_fd(), &mut self.buf, flags) {
-            Ok(0) => Ok(Incoming::Closed),
-            Ok(n) if n > MAX_PACKET => Err(PlayerError::Malformed(format!("a {n}-byte packet"))),
-            Ok(n) => Request::decode(&self.buf[..n])
+        match packet::try_recv(&self.sock, &mut self.buf).map_err(PlayerError::Malformed)? {
+            Received::Packet(n) => Request::decode(&self.buf[..n])
                 .map(Incoming::Request)
                 .map_err(|e| PlayerError::Malformed(e.to_string())),
-            Err(Errno::EAGAIN | Errno::EINTR) => Ok(Incoming::Nothing),
-            Err(Errno::ECONNRESET) => Ok(Incoming::Closed),
-            Err(e) => Err(PlayerError::Socket(e)),
+            Received::Empty => Ok(Incoming::Nothing),
+            Received::Closed => Ok(Incoming::Closed),
         }
     }
 
     fn try_send(&self, packet: &[u8]) -> Result<bool, PlayerError> {
-        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-        match send(self.sock.as_raw_fd(), packet, flags) {
-            Ok(_) => Ok(true),
-            Err(Errno::EAGAIN | Errno::EINTR) => Ok(false),
+        match packet::try_send(&self.sock, packet) {
             // The peer is gone: the next receive sees the close.
             Err(Errno::EPIPE | Errno::ECONNRESET) => Ok(true),
-            Err(e) => Err(PlayerError::Socket(e)),
+            other => other.map_err(PlayerError::Socket),
         }
     }
 

@@ -16,6 +16,7 @@ use secure_tunnel_protocol::{StreamSpec, MAX_AUDIO_CHUNK, MAX_STREAM_NAME};
 use super::wire::{Report, Request, StatusEntry, NO_VOLUME_CAP};
 use crate::backend::{AudioBackend, StreamEvent, StreamId, StreamParams};
 use crate::budget::Bucket;
+use crate::policy::StreamLimits;
 use crate::text;
 
 /// What the player allows, whatever the guest-facing process asks.
@@ -300,11 +301,6 @@ impl<B: AudioBackend> Player<B> {
         self.events = events;
     }
 
-    /// A snapshot of every open stream (`None` when none is open).
-    pub fn sample(&mut self) -> Option<Report> {
-        self.status(true)
-    }
-
     /// A snapshot of every open stream if `due` (the periodic one, for clock
     /// reports), else of those that can take more audio than the last
     /// snapshot said (the server asked for more: the credit a guest waits
@@ -342,14 +338,17 @@ impl<B: AudioBackend> Player<B> {
     }
 }
 
-/// `tlength_bytes` raised to the floor and cut to the cap, in whole frames.
+/// `tlength_bytes` raised to the floor and cut to the cap as the policy
+/// does ([`StreamLimits::cap_buffer`]), in whole frames.
 pub fn clamp_buffer(limits: &PlayerLimits, spec: &StreamSpec, tlength_bytes: u32) -> u32 {
-    let frame = u64::from(spec.frame_size().max(1));
-    let bytes = |usec: u64| (spec.usec_to_bytes(usec) / frame * frame).max(frame);
-    let floor = bytes(limits.min_latency_usec);
-    let cap = bytes(limits.max_latency_usec).max(floor);
-    let clamped = u64::from(tlength_bytes).clamp(floor, cap);
-    u32::try_from(clamped / frame * frame).unwrap_or(u32::MAX)
+    let bounds = StreamLimits {
+        min_latency_usec: Some(limits.min_latency_usec),
+        max_latency_usec: Some(limits.max_latency_usec.max(limits.min_latency_usec)),
+        ..StreamLimits::default()
+    };
+    let frame = spec.frame_size().max(1);
+    let capped = bounds.cap_buffer(spec, tlength_bytes);
+    (capped / frame * frame).max(frame)
 }
 
 #[cfg(test)]

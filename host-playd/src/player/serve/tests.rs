@@ -82,7 +82,7 @@ fn a_valid_stream_opens_plays_and_reports_what_it_received() {
         },
     );
     now.fetch_add(10_000, Ordering::SeqCst);
-    let Some(Report::Status(entries)) = p.sample() else {
+    let Some(Report::Status(entries)) = p.status(true) else {
         panic!("no status")
     };
     assert_eq!(entries.len(), 1);
@@ -90,7 +90,7 @@ fn a_valid_stream_opens_plays_and_reports_what_it_received() {
     assert!(entries[0].status.played_bytes > 0);
     p.handle(0, Request::Close { id: 1 });
     assert_eq!(p.streams(), 0);
-    assert!(p.sample().is_none());
+    assert!(p.status(true).is_none());
 }
 
 #[test]
