@@ -390,6 +390,11 @@ impl SessionLedger {
                 self.last_played = report.played_bytes;
             }
             HostMessage::Goodbye { .. } => assert!(self.accepted, "Goodbye before Accept"),
+            HostMessage::CaptureData(_)
+            | HostMessage::CaptureClock(_)
+            | HostMessage::CaptureState { .. } => {
+                panic!("a capture message on a playback session")
+            }
         }
     }
 }

@@ -163,6 +163,11 @@ impl TunnelSession {
             HostMessage::Accept(_) | HostMessage::Reject { .. } => {
                 return Err("host sent a second handshake reply".into())
             }
+            HostMessage::CaptureData(_)
+            | HostMessage::CaptureClock(_)
+            | HostMessage::CaptureState { .. } => {
+                return Err("host sent a capture message on a playback connection".into())
+            }
         }
         Ok(())
     }

@@ -158,6 +158,11 @@ fn connect_and_handshake(
         HostMessage::Clock(_) => return Err(TransportError::UnexpectedReply("Clock")),
         HostMessage::Pong { .. } => return Err(TransportError::UnexpectedReply("Pong")),
         HostMessage::Goodbye { .. } => return Err(TransportError::UnexpectedReply("Goodbye")),
+        HostMessage::CaptureData(_)
+        | HostMessage::CaptureClock(_)
+        | HostMessage::CaptureState { .. } => {
+            return Err(TransportError::UnexpectedReply("a capture message"))
+        }
     };
     sock.set_timeouts(None)?;
     sock.set_nonblocking()?;

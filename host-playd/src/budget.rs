@@ -101,9 +101,14 @@ impl MessageBudget {
             | GuestMessage::Flush
             | GuestMessage::SetLatency { .. } => (&mut self.control, "control messages"),
             GuestMessage::Ping { .. } => (&mut self.ping, "pings"),
-            GuestMessage::Audio(_) => (&mut self.audio, "audio messages"),
+            // Capture credit flows at the pace audio does, the other way.
+            GuestMessage::Audio(_) | GuestMessage::CaptureCredit { .. } => {
+                (&mut self.audio, "audio messages")
+            }
             // One each per connection: the session closes on a second one.
-            GuestMessage::Hello(_) | GuestMessage::Goodbye { .. } => return Ok(()),
+            GuestMessage::Hello(_)
+            | GuestMessage::CaptureHello(_)
+            | GuestMessage::Goodbye { .. } => return Ok(()),
         };
         if bucket.take(now_usec) {
             Ok(())

@@ -267,7 +267,12 @@ impl Session {
 
     fn guest_message(&mut self, now_usec: u64, message: GuestMessage, out: &mut Vec<Action>) {
         match message {
-            GuestMessage::Hello(_) => self.goodbye("second Hello", true, out),
+            GuestMessage::Hello(_) | GuestMessage::CaptureHello(_) => {
+                self.goodbye("second Hello", true, out);
+            }
+            GuestMessage::CaptureCredit { .. } => {
+                self.goodbye("CaptureCredit on a playback connection", true, out);
+            }
             GuestMessage::Audio(data) => self.audio(data, out),
             GuestMessage::Cork => {
                 self.clock_dirty = true;
@@ -440,6 +445,8 @@ pub fn message_name(message: &GuestMessage) -> &'static str {
         GuestMessage::SetLatency { .. } => "SetLatency",
         GuestMessage::Ping { .. } => "Ping",
         GuestMessage::Goodbye { .. } => "Goodbye",
+        GuestMessage::CaptureHello(_) => "CaptureHello",
+        GuestMessage::CaptureCredit { .. } => "CaptureCredit",
     }
 }
 

@@ -21,14 +21,26 @@ pub use codec::{
     encode_audio_frame, encode_frame, read_frame, write_frame, FrameReader, WireMessage,
 };
 pub use error::ProtocolError;
-pub use messages::{Accept, ClockReport, GuestMessage, Hello, HostMessage, RejectReason};
+pub use messages::{
+    Accept, CaptureReport, CaptureState, ClockReport, GuestMessage, Hello, HostMessage,
+    RejectReason,
+};
 pub use spec::{
     SampleFormat, StreamSpec, CHANNEL_POSITION_LIMIT, MAX_CHANNELS, MAX_RATE, MIN_RATE,
 };
 
-/// Version spoken by this build. The guest offers it in [`Hello`]; the host
+/// The playback version. A playback guest offers it in [`Hello`]; the host
 /// answers with [`Accept`] (same version) or [`RejectReason::UnsupportedVersion`].
+/// Playback guests keep offering 1 so that they work with every host.
 pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Version 2 is version 1 plus capture: [`GuestMessage::CaptureHello`] and
+/// [`GuestMessage::CaptureCredit`], [`HostMessage::CaptureData`],
+/// [`HostMessage::CaptureClock`] and [`HostMessage::CaptureState`], all
+/// appended to their enums so that every version-1 message is unchanged. A
+/// capture guest offers 2 in its `CaptureHello`; a version-1 host cannot
+/// decode that message and closes the connection.
+pub const CAPTURE_PROTOCOL_VERSION: u16 = 2;
 
 /// First four bytes of every [`Hello`], so that a stray client of another
 /// protocol is recognised at once.

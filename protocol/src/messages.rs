@@ -71,6 +71,43 @@ pub struct ClockReport {
     pub playing: bool,
 }
 
+/// Why the host is not recording for a capture guest right now
+/// ([`HostMessage::CaptureState`], protocol version 2). The guest shows it
+/// (a detached microphone is not a silent one) and posts silence meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum CaptureState {
+    /// The host's recording stream is open and data flows.
+    Attached,
+    /// The guest has not asked to record (it sent no `Uncork`, or a `Cork`).
+    Idle,
+    /// Policy needs an administrator's live grant, which is not given (or
+    /// was revoked).
+    AwaitingGrant,
+    /// The host's pinned source is missing or failed.
+    Unavailable,
+}
+
+/// The host's view of its capture clock, sent while a capture stream is
+/// attached (protocol version 2). Positions count bytes of the capture
+/// stream since the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct CaptureReport {
+    /// Host monotonic clock at the sample, in microseconds (host epoch).
+    pub host_time_usec: u64,
+    /// Capture bytes the host had sent in [`HostMessage::CaptureData`] when
+    /// it took the sample (this report follows them on the stream).
+    pub sent_bytes: u64,
+    /// How much audio the host holds, at `host_time_usec`, beyond
+    /// `sent_bytes`: the device's latency plus what the host's recording
+    /// stream has captured but not yet sent. The sample the microphone
+    /// takes at `host_time_usec` is `delay_usec` of audio after `sent_bytes`.
+    pub delay_usec: u32,
+    /// Capture bytes the host dropped because the guest granted no room.
+    pub dropped_bytes: u64,
+    /// Whether the host's capture clock is advancing.
+    pub running: bool,
+}
+
 /// Messages from the guest (module) to the host (host-playd).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum GuestMessage {
@@ -99,6 +136,19 @@ pub enum GuestMessage {
     Goodbye {
         /// At most [`MAX_REASON_LEN`] bytes, no control characters.
         reason: String,
+    },
+    /// Protocol version 2: the first message of a *capture* connection,
+    /// instead of [`GuestMessage::Hello`]. Same fields; `spec` is what the
+    /// guest wants to receive, `target_latency_usec` the capture latency it
+    /// would like, `stream_name` its source's name. The guest then asks to
+    /// record with `Uncork` and stops with `Cork`.
+    CaptureHello(Hello),
+    /// Protocol version 2, capture connections only: flow control in the
+    /// reverse direction. The host may have sent, in total since the
+    /// handshake, up to `limit_bytes` capture bytes. Cumulative.
+    CaptureCredit {
+        /// Cumulative byte limit since the handshake.
+        limit_bytes: u64,
     },
 }
 
@@ -137,6 +187,18 @@ pub enum HostMessage {
         /// At most [`MAX_REASON_LEN`] bytes, no control characters.
         reason: String,
     },
+    /// Protocol version 2: captured PCM in the negotiated spec, whole
+    /// frames, at most [`MAX_AUDIO_CHUNK`] bytes, never beyond the guest's
+    /// [`GuestMessage::CaptureCredit`].
+    CaptureData(Vec<u8>),
+    /// Protocol version 2: a capture clock sample.
+    CaptureClock(CaptureReport),
+    /// Protocol version 2: whether the host records for this guest, and if
+    /// not, why. Sent after `Accept` and on every change.
+    CaptureState {
+        /// The new state.
+        state: CaptureState,
+    },
 }
 
 fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), ProtocolError> {
@@ -168,6 +230,16 @@ impl Hello {
     }
 }
 
+fn check_chunk(field: &'static str, data: &[u8]) -> Result<(), ProtocolError> {
+    if data.is_empty() || data.len() > MAX_AUDIO_CHUNK {
+        return Err(ProtocolError::invalid(
+            field,
+            format!("{} bytes is outside 1..={MAX_AUDIO_CHUNK}", data.len()),
+        ));
+    }
+    Ok(())
+}
+
 fn check_latency(usec: u32) -> Result<(), ProtocolError> {
     if !(MIN_TARGET_LATENCY_USEC..=MAX_TARGET_LATENCY_USEC).contains(&usec) {
         return Err(ProtocolError::invalid(
@@ -182,16 +254,8 @@ impl GuestMessage {
     /// Checks the bounds that the codec alone cannot express.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         match self {
-            GuestMessage::Hello(hello) => hello.validate(),
-            GuestMessage::Audio(data) => {
-                if data.is_empty() || data.len() > MAX_AUDIO_CHUNK {
-                    return Err(ProtocolError::invalid(
-                        "audio",
-                        format!("{} bytes is outside 1..={MAX_AUDIO_CHUNK}", data.len()),
-                    ));
-                }
-                Ok(())
-            }
+            GuestMessage::Hello(hello) | GuestMessage::CaptureHello(hello) => hello.validate(),
+            GuestMessage::Audio(data) => check_chunk("audio", data),
             GuestMessage::SetLatency {
                 target_latency_usec,
             } => check_latency(*target_latency_usec),
@@ -199,7 +263,8 @@ impl GuestMessage {
             GuestMessage::Cork
             | GuestMessage::Uncork
             | GuestMessage::Flush
-            | GuestMessage::Ping { .. } => Ok(()),
+            | GuestMessage::Ping { .. }
+            | GuestMessage::CaptureCredit { .. } => Ok(()),
         }
     }
 }
@@ -210,6 +275,7 @@ impl HostMessage {
         match self {
             HostMessage::Reject { message, .. } => check_text("message", message, MAX_REASON_LEN),
             HostMessage::Goodbye { reason } => check_text("reason", reason, MAX_REASON_LEN),
+            HostMessage::CaptureData(data) => check_chunk("capture data", data),
             HostMessage::Clock(report) if report.played_bytes > report.received_bytes => {
                 Err(ProtocolError::invalid(
                     "played_bytes",

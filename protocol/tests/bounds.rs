@@ -157,9 +157,10 @@ fn trailing_bytes_are_refused() {
 
 #[test]
 fn unknown_enum_tags_are_decode_errors() {
-    // GuestMessage has 8 variants, HostMessage 6.
+    // GuestMessage has 10 variants, HostMessage 9 (version 2 appended the
+    // capture ones).
     assert!(matches!(
-        decode_both(&frame(&[8, 0, 0, 0])),
+        decode_both(&frame(&[10, 0, 0, 0])),
         Err(ProtocolError::Decode(_))
     ));
     assert!(matches!(
@@ -167,7 +168,7 @@ fn unknown_enum_tags_are_decode_errors() {
         Err(ProtocolError::Decode(_))
     ));
     let mut reader = FrameReader::new();
-    reader.feed(&frame(&[6, 0, 0, 0]));
+    reader.feed(&frame(&[9, 0, 0, 0]));
     assert!(matches!(
         reader.next_message::<HostMessage>(),
         Err(ProtocolError::Decode(_))
@@ -337,6 +338,29 @@ fn audio_bounds() {
     GuestMessage::Audio(vec![0; MAX_AUDIO_CHUNK])
         .validate()
         .unwrap();
+}
+
+#[test]
+fn capture_bounds() {
+    assert_invalid(HostMessage::CaptureData(Vec::new()), "capture data");
+    assert_invalid(
+        HostMessage::CaptureData(vec![0; MAX_AUDIO_CHUNK + 1]),
+        "capture data",
+    );
+    HostMessage::CaptureData(vec![0; MAX_AUDIO_CHUNK])
+        .validate()
+        .unwrap();
+    // The largest capture chunk fits a frame, like the largest Audio.
+    let mut out = Vec::new();
+    secure_tunnel_protocol::encode_frame(
+        &HostMessage::CaptureData(vec![0; MAX_AUDIO_CHUNK]),
+        &mut out,
+    )
+    .unwrap();
+    // A CaptureHello is judged like a Hello.
+    let mut bad = hello();
+    bad.target_latency_usec = 0;
+    assert_invalid(GuestMessage::CaptureHello(bad), "target_latency_usec");
 }
 
 #[test]

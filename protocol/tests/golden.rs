@@ -10,11 +10,12 @@ mod common;
 
 use common::{all_guest, all_host, from_hex, hello, to_hex};
 use secure_tunnel_protocol::{
-    encode_frame, FrameReader, GuestMessage, HostMessage, RejectReason, SampleFormat, WireMessage,
+    encode_frame, CaptureState, FrameReader, GuestMessage, HostMessage, RejectReason, SampleFormat,
+    WireMessage,
 };
 
 /// (name, hex) for `common::all_guest()`, in the same order.
-const GUEST: [(&str, &str); 8] = [
+const GUEST: [(&str, &str); 10] = [
     (
         "Hello",
         "2a000000 \
@@ -32,10 +33,21 @@ const GUEST: [(&str, &str); 8] = [
     ("SetLatency", "08000000 05000000 50c30000"),
     ("Ping", "0c000000 06000000 0807060504030201"),
     ("Goodbye", "0f000000 07000000 0300000000000000 627965"),
+    (
+        "CaptureHello",
+        "2a000000 \
+         08000000 \
+         5354756e \
+         0200 \
+         00000000 80bb0000 0200000000000000 0102 \
+         204e0000 \
+         0200000000000000 766d",
+    ),
+    ("CaptureCredit", "0c000000 09000000 0096000000000000"),
 ];
 
 /// (name, hex) for `common::all_host()`, in the same order.
-const HOST: [(&str, &str); 6] = [
+const HOST: [(&str, &str); 9] = [
     ("Accept", "12000000 00000000 0100 004b0000 15cd5b0700000000"),
     (
         "Reject",
@@ -61,6 +73,18 @@ const HOST: [(&str, &str); 6] = [
         "Goodbye",
         "14000000 05000000 0800000000000000 73687574646f776e",
     ),
+    ("CaptureData", "0e000000 06000000 0200000000000000 0a0b"),
+    (
+        "CaptureClock",
+        "21000000 \
+         07000000 \
+         80841e0000000000 \
+         004b000000000000 \
+         d4300000 \
+         0000000000000000 \
+         01",
+    ),
+    ("CaptureState", "08000000 08000000 02000000"),
 ];
 
 fn check<M: WireMessage + PartialEq + std::fmt::Debug>(name: &str, msg: &M, hex: &str) {
@@ -137,6 +161,25 @@ fn sample_format_tags() {
             .1
             .replacen("00000000 80bb0000", &format!("{tag:02x}000000 80bb0000"), 1);
         check(&format!("{format:?}"), &GuestMessage::Hello(h), &hex);
+    }
+}
+
+/// Every `CaptureState` tag, in declaration order.
+#[test]
+fn capture_state_tags() {
+    let states = [
+        CaptureState::Attached,
+        CaptureState::Idle,
+        CaptureState::AwaitingGrant,
+        CaptureState::Unavailable,
+    ];
+    for (tag, state) in states.into_iter().enumerate() {
+        let hex = format!("08000000 08000000 {tag:02x}000000");
+        check(
+            &format!("{state:?}"),
+            &HostMessage::CaptureState { state },
+            &hex,
+        );
     }
 }
 

@@ -6,9 +6,10 @@ use std::io::Cursor;
 
 use proptest::prelude::*;
 use secure_tunnel_protocol::{
-    encode_frame, read_frame, Accept, ClockReport, FrameReader, GuestMessage, Hello, HostMessage,
-    ProtocolError, RejectReason, SampleFormat, StreamSpec, WireMessage, CHANNEL_POSITION_LIMIT,
-    MAGIC, MAX_CHANNELS, MAX_RATE, MAX_TARGET_LATENCY_USEC, MIN_RATE, MIN_TARGET_LATENCY_USEC,
+    encode_frame, read_frame, Accept, CaptureReport, CaptureState, ClockReport, FrameReader,
+    GuestMessage, Hello, HostMessage, ProtocolError, RejectReason, SampleFormat, StreamSpec,
+    WireMessage, CHANNEL_POSITION_LIMIT, MAGIC, MAX_CHANNELS, MAX_RATE, MAX_TARGET_LATENCY_USEC,
+    MIN_RATE, MIN_TARGET_LATENCY_USEC,
 };
 
 fn format() -> impl Strategy<Value = SampleFormat> {
@@ -61,6 +62,25 @@ fn guest_message() -> impl Strategy<Value = GuestMessage> {
         }),
         any::<u64>().prop_map(|guest_time_usec| GuestMessage::Ping { guest_time_usec }),
         text().prop_map(|reason| GuestMessage::Goodbye { reason }),
+        (any::<u16>(), spec(), latency(), text()).prop_map(|(version, spec, lat, name)| {
+            GuestMessage::CaptureHello(Hello {
+                magic: MAGIC,
+                version,
+                spec,
+                target_latency_usec: lat,
+                stream_name: name,
+            })
+        }),
+        any::<u64>().prop_map(|limit_bytes| GuestMessage::CaptureCredit { limit_bytes }),
+    ]
+}
+
+fn capture_state() -> impl Strategy<Value = CaptureState> {
+    prop_oneof![
+        Just(CaptureState::Attached),
+        Just(CaptureState::Idle),
+        Just(CaptureState::AwaitingGrant),
+        Just(CaptureState::Unavailable),
     ]
 }
 
@@ -110,6 +130,24 @@ fn host_message() -> impl Strategy<Value = HostMessage> {
             host_time_usec: h,
         }),
         text().prop_map(|reason| HostMessage::Goodbye { reason }),
+        prop::collection::vec(any::<u8>(), 1..2048).prop_map(HostMessage::CaptureData),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<bool>()
+        )
+            .prop_map(|(t, sent, delay, dropped, running)| {
+                HostMessage::CaptureClock(CaptureReport {
+                    host_time_usec: t,
+                    sent_bytes: sent,
+                    delay_usec: delay,
+                    dropped_bytes: dropped,
+                    running,
+                })
+            }),
+        capture_state().prop_map(|state| HostMessage::CaptureState { state }),
     ]
 }
 

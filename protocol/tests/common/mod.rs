@@ -2,8 +2,8 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use secure_tunnel_protocol::{
-    Accept, ClockReport, GuestMessage, Hello, HostMessage, RejectReason, SampleFormat, StreamSpec,
-    MAGIC, PROTOCOL_VERSION,
+    Accept, CaptureReport, CaptureState, ClockReport, GuestMessage, Hello, HostMessage,
+    RejectReason, SampleFormat, StreamSpec, CAPTURE_PROTOCOL_VERSION, MAGIC, PROTOCOL_VERSION,
 };
 
 pub fn stereo_spec() -> StreamSpec {
@@ -41,6 +41,13 @@ pub fn all_guest() -> Vec<GuestMessage> {
         GuestMessage::Goodbye {
             reason: "bye".into(),
         },
+        GuestMessage::CaptureHello(Hello {
+            version: CAPTURE_PROTOCOL_VERSION,
+            ..hello()
+        }),
+        GuestMessage::CaptureCredit {
+            limit_bytes: 38_400,
+        },
     ]
 }
 
@@ -73,6 +80,17 @@ pub fn all_host() -> Vec<HostMessage> {
         },
         HostMessage::Goodbye {
             reason: "shutdown".into(),
+        },
+        HostMessage::CaptureData(vec![10, 11]),
+        HostMessage::CaptureClock(CaptureReport {
+            host_time_usec: 2_000_000,
+            sent_bytes: 19_200,
+            delay_usec: 12_500,
+            dropped_bytes: 0,
+            running: true,
+        }),
+        HostMessage::CaptureState {
+            state: CaptureState::AwaitingGrant,
         },
     ]
 }
