@@ -24,7 +24,14 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5000;
 /// --listen addresses; each gets its own playback stream on the host and a
 /// clock report of what the host has played.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "host-playd", version, about, long_about)]
+#[command(
+    name = "host-playd",
+    version,
+    about,
+    long_about,
+    after_help = "Ask a running host-playd: host-playd ctl [--control PATH] \
+                  status | grant-capture ID | revoke-capture ID (host-playd ctl --help)."
+)]
 pub struct Args {
     /// Where guests connect (repeatable, at least one): unix:PATH (the
     /// socket file is created mode 0666, a stale one is replaced, and it is
@@ -122,9 +129,88 @@ pub struct Args {
     )]
     pub nice: Option<i32>,
 
+    /// The one host source capture guests record from (a microphone), as
+    /// PulseAudio names it (`pactl list short sources`). Guests record only
+    /// if their rule's `capture` is "allow", or "grant" and granted with
+    /// `host-playd ctl grant-capture ID` [default: the config file's
+    /// [capture] source; none: no guest records].
+    #[arg(long, value_name = "NAME")]
+    pub capture_source: Option<String>,
+
+    /// Let the capture source be a sink's monitor (it then records the
+    /// host's own sound output, which is refused otherwise) [default: the
+    /// config file's [capture] allow_monitor, else no].
+    #[arg(long)]
+    pub capture_allow_monitor: bool,
+
+    /// Control socket for `host-playd ctl` (status, grant-capture,
+    /// revoke-capture): created mode 0600, answering only root and the
+    /// user host-playd started as [default: none].
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
     /// Log verbosity (logs go to stderr).
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+}
+
+/// Where `host-playd ctl` looks when given no `--control`: the packaged
+/// service's control socket.
+pub const DEFAULT_CONTROL: &str = "/run/host-playd/control";
+
+/// `host-playd ctl`: asks a running host-playd over its control socket.
+///
+/// The answer is printed; the exit status is 0 if the request succeeded,
+/// 1 if host-playd refused it or could not be reached.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "host-playd ctl", version, about, long_about)]
+pub struct CtlArgs {
+    /// The control socket (host-playd's --control) [default:
+    /// /run/host-playd/control].
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub request: CtlRequest,
+}
+
+/// What `host-playd ctl` asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum CtlRequest {
+    /// One line per connected client: id, peer, state, bytes, underruns,
+    /// latency, rule and capture state.
+    Status,
+    /// Let capture client ID record now (its rule says capture = "grant");
+    /// lasts until revoked or the client disconnects.
+    GrantCapture {
+        /// The client's number, as `status` and the log show it.
+        id: u64,
+    },
+    /// Stop capture client ID recording: its recording stream is closed at
+    /// once.
+    RevokeCapture {
+        /// The client's number, as `status` and the log show it.
+        id: u64,
+    },
+}
+
+impl CtlArgs {
+    /// The control socket to ask.
+    pub fn path(&self) -> PathBuf {
+        self.control
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL))
+    }
+
+    /// The request to send.
+    pub fn request(&self) -> crate::control::ControlRequest {
+        use crate::control::ControlRequest;
+        match self.request {
+            CtlRequest::Status => ControlRequest::Status,
+            CtlRequest::GrantCapture { id } => ControlRequest::GrantCapture(id),
+            CtlRequest::RevokeCapture { id } => ControlRequest::RevokeCapture(id),
+        }
+    }
 }
 
 /// Choices for `--backend`.
@@ -190,6 +276,12 @@ impl Args {
                 BackendChoice::Pulse(PulseConfig {
                     server: self.pulse_server.clone(),
                     sink: self.sink.clone(),
+                    source: self
+                        .capture_source
+                        .clone()
+                        .or_else(|| file.capture_source.clone()),
+                    allow_monitor: self.capture_allow_monitor
+                        || file.capture_allow_monitor.unwrap_or(false),
                 })
             }
             BackendKind::Null => {
@@ -198,6 +290,9 @@ impl Args {
                 }
                 if self.sink.is_some() {
                     return Err(ArgsError::PulseOptionWithNull("sink"));
+                }
+                if self.capture_source.is_some() {
+                    return Err(ArgsError::PulseOptionWithNull("capture-source"));
                 }
                 BackendChoice::Null {
                     skew_ppm: self.null_skew_ppm.unwrap_or(0),
@@ -219,6 +314,7 @@ impl Args {
             .map(Duration::from_millis)
             .or(file.idle_timeout);
         Ok(DaemonConfig {
+            control: self.control.clone(),
             listen: self.listen.clone(),
             backend,
             max_clients,
@@ -293,9 +389,15 @@ impl Args {
         };
         let backend = match &config.backend {
             BackendChoice::Pulse(p) => format!(
-                "pulse (server {}, sink {})",
+                "pulse (server {}, sink {}, capture source {}{})",
                 p.server.as_deref().unwrap_or("default"),
-                p.sink.as_deref().unwrap_or("default")
+                p.sink.as_deref().unwrap_or("default"),
+                p.source.as_deref().unwrap_or("none"),
+                if p.allow_monitor {
+                    ", monitors allowed"
+                } else {
+                    ""
+                }
             ),
             BackendChoice::Null { skew_ppm } => format!("null (TEST ONLY, skew {skew_ppm} ppm)"),
         };
@@ -304,8 +406,20 @@ impl Args {
         let rules = policy
             .rules
             .iter()
-            .map(|r| format!("{:?} ({}: {})", r.name, r.matcher, verdict(r.allow)))
+            .map(|r| {
+                format!(
+                    "{:?} ({}: {}, capture {})",
+                    r.name,
+                    r.matcher,
+                    verdict(r.allow),
+                    r.limits.capture.name()
+                )
+            })
             .collect::<Vec<_>>();
+        let control = config
+            .control
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |p| p.display().to_string());
         let idle = config
             .idle_timeout
             .map_or_else(|| "never".to_owned(), |d| format!("{} ms", d.as_millis()));
@@ -315,8 +429,9 @@ impl Args {
              backend: {backend}\n\
              limits: max_clients {}, handshake_timeout_ms {}, idle_timeout {idle}, memory_mb {}\n\
              sandbox: {}, user {user}\n\
-             defaults: unix {}, vsock {}, tcp {}\n\
-             rules: {}",
+             defaults: unix {}, vsock {}, tcp {}, capture {}\n\
+             rules: {}\n\
+             control: {control}",
             config.max_clients,
             config.handshake_timeout.as_millis(),
             config.sandbox.memory_mb,
@@ -324,6 +439,7 @@ impl Args {
             verdict(policy.defaults.unix),
             verdict(policy.defaults.vsock),
             verdict(policy.defaults.tcp),
+            policy.default_limits.capture.name(),
             if rules.is_empty() {
                 "none".to_owned()
             } else {
@@ -447,7 +563,8 @@ mod tests {
             pulse.backend,
             BackendChoice::Pulse(PulseConfig {
                 server: Some("unix:/p".into()),
-                sink: Some("s".into())
+                sink: Some("s".into()),
+                ..PulseConfig::default()
             })
         );
     }
@@ -498,6 +615,49 @@ mod tests {
             .check_config()
             .unwrap_err();
         assert!(root.to_string().contains("is root"), "{root}");
+    }
+
+    #[test]
+    fn ctl_command_lines() {
+        let ctl = |args: &[&str]| {
+            CtlArgs::try_parse_from(std::iter::once("host-playd ctl").chain(args.iter().copied()))
+        };
+        let status = ctl(&["status"]).unwrap();
+        assert_eq!(status.path(), PathBuf::from(DEFAULT_CONTROL));
+        assert_eq!(status.request(), crate::control::ControlRequest::Status);
+        let grant = ctl(&["--control", "/tmp/c", "grant-capture", "7"]).unwrap();
+        assert_eq!(grant.path(), PathBuf::from("/tmp/c"));
+        assert_eq!(
+            grant.request(),
+            crate::control::ControlRequest::GrantCapture(7)
+        );
+        assert_eq!(
+            ctl(&["revoke-capture", "3"]).unwrap().request(),
+            crate::control::ControlRequest::RevokeCapture(3)
+        );
+        assert!(ctl(&["grant-capture"]).is_err());
+        assert!(ctl(&["grant-capture", "x"]).is_err());
+        assert!(ctl(&["load-module"]).is_err());
+        let capture = parse(&[
+            "--listen",
+            "unix:/a",
+            "--capture-source",
+            "mic",
+            "--capture-allow-monitor",
+            "--control",
+            "/run/c",
+        ])
+        .unwrap()
+        .to_config()
+        .unwrap();
+        assert_eq!(capture.control, Some(PathBuf::from("/run/c")));
+        match capture.backend {
+            BackendChoice::Pulse(p) => {
+                assert_eq!(p.source.as_deref(), Some("mic"));
+                assert!(p.allow_monitor);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -33,6 +33,14 @@
 //! min_latency_ms = 20        # default 10: smaller requests are raised
 //! volume_percent = 80
 //! stream_name = "Music VM"
+//! capture = "grant"          # default "deny"; "allow": whenever it asks,
+//!                            # "grant": only while `host-playd ctl
+//!                            # grant-capture ID` stands
+//! report_quantum_ms = 10     # privacy: clock reports rounded (default exact)
+//!
+//! [capture]
+//! source = "alsa_input.usb-mic"  # the one source guests record from
+//! allow_monitor = false      # a sink's monitor is refused unless true
 //! ```
 #![forbid(unsafe_code)]
 
@@ -45,7 +53,7 @@ use secure_tunnel_protocol::SampleFormat;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::policy::{Cidr, Defaults, Matcher, Policy, Rule, StreamLimits};
+use crate::policy::{CaptureMode, Cidr, Defaults, Matcher, Policy, Rule, StreamLimits};
 use crate::sandbox::SandboxMode;
 
 /// What a configuration file says; `None` leaves the command line's value
@@ -60,6 +68,11 @@ pub struct FileConfig {
     pub sandbox_mode: Option<SandboxMode>,
     pub user: Option<String>,
     pub read_only: Vec<PathBuf>,
+    /// `[capture] source`: the one host source guests may record from.
+    pub capture_source: Option<String>,
+    /// `[capture] allow_monitor`: whether that source may be a monitor of
+    /// a sink (the host's own output). Refused unless set.
+    pub capture_allow_monitor: Option<bool>,
 }
 
 /// A configuration error: where, which field, what.
@@ -99,6 +112,33 @@ struct RawFile {
     defaults: RawDefaults,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    capture: RawCapture,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapture {
+    source: Option<Spanned<String>>,
+    allow_monitor: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawCaptureMode {
+    Deny,
+    Allow,
+    Grant,
+}
+
+impl From<RawCaptureMode> for CaptureMode {
+    fn from(m: RawCaptureMode) -> Self {
+        match m {
+            RawCaptureMode::Deny => CaptureMode::Deny,
+            RawCaptureMode::Allow => CaptureMode::Allow,
+            RawCaptureMode::Grant => CaptureMode::Grant,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +214,8 @@ struct RawDefaults {
     min_latency_ms: Option<Spanned<u32>>,
     volume_percent: Option<Spanned<u8>>,
     stream_name: Option<Spanned<String>>,
+    capture: Option<RawCaptureMode>,
+    report_quantum_ms: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +237,8 @@ struct RawRule {
     min_latency_ms: Option<Spanned<u32>>,
     volume_percent: Option<Spanned<u8>>,
     stream_name: Option<Spanned<String>>,
+    capture: Option<RawCaptureMode>,
+    report_quantum_ms: Option<Spanned<u32>>,
 }
 
 /// Reads and parses `path`.
@@ -254,6 +298,8 @@ pub fn parse(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
             min_latency_ms: &d.min_latency_ms,
             volume_percent: &d.volume_percent,
             stream_name: &d.stream_name,
+            capture: d.capture,
+            report_quantum_ms: &d.report_quantum_ms,
         },
     )?;
 
@@ -306,6 +352,8 @@ pub fn parse(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
                 min_latency_ms: &r.min_latency_ms,
                 volume_percent: &r.volume_percent,
                 stream_name: &r.stream_name,
+                capture: r.capture,
+                report_quantum_ms: &r.report_quantum_ms,
             },
         )?;
         rules.push(Rule {
@@ -329,6 +377,21 @@ pub fn parse(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
         sandbox_mode: raw.sandbox.mode,
         user: raw.sandbox.user,
         read_only: raw.sandbox.read_only,
+        capture_source: match raw.capture.source {
+            Some(s) => {
+                let name = s.get_ref();
+                if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+                    return Err(at.error(
+                        s.span(),
+                        "source",
+                        "must be 1..=256 bytes without control characters",
+                    ));
+                }
+                Some(name.clone())
+            }
+            None => None,
+        },
+        capture_allow_monitor: raw.capture.allow_monitor,
     })
 }
 
@@ -342,6 +405,8 @@ struct LimitFields<'a> {
     min_latency_ms: &'a Option<Spanned<u32>>,
     volume_percent: &'a Option<Spanned<u8>>,
     stream_name: &'a Option<Spanned<String>>,
+    capture: Option<RawCaptureMode>,
+    report_quantum_ms: &'a Option<Spanned<u32>>,
 }
 
 fn stream_limits(at: &Locator<'_>, f: LimitFields<'_>) -> Result<StreamLimits, ConfigError> {
@@ -392,6 +457,11 @@ fn stream_limits(at: &Locator<'_>, f: LimitFields<'_>) -> Result<StreamLimits, C
             ));
         }
     }
+    if let Some(s) = f.report_quantum_ms {
+        if !(1..=1000).contains(s.get_ref()) {
+            return Err(at.error(s.span(), "report_quantum_ms", "must be 1..=1000"));
+        }
+    }
     if let Some(s) = f.stream_name {
         let name = s.get_ref();
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
@@ -415,6 +485,8 @@ fn stream_limits(at: &Locator<'_>, f: LimitFields<'_>) -> Result<StreamLimits, C
         min_latency_usec: value(f.min_latency_ms).map(|ms| u64::from(ms) * 1000),
         volume_percent: f.volume_percent.as_ref().map(|s| *s.get_ref()),
         stream_name: f.stream_name.as_ref().map(|s| s.get_ref().clone()),
+        capture: f.capture.map_or(CaptureMode::Deny, CaptureMode::from),
+        report_quantum_usec: value(f.report_quantum_ms).map(|ms| u64::from(ms) * 1000),
     })
 }
 
@@ -486,6 +558,10 @@ mode = "best-effort"
 user = "pulse"
 read_only = ["/etc/pulse"]
 
+[capture]
+source = "alsa_input.mic"
+allow_monitor = false
+
 [defaults]
 unix = "deny"
 vsock = "allow"
@@ -503,6 +579,8 @@ max_latency_ms = 500
 min_latency_ms = 20
 volume_percent = 80
 stream_name = "Music VM"
+capture = "grant"
+report_quantum_ms = 10
 
 [[rule]]
 name = "lan"
@@ -550,8 +628,13 @@ allow = false
                 min_latency_usec: Some(20_000),
                 volume_percent: Some(80),
                 stream_name: Some("Music VM".into()),
+                capture: CaptureMode::Grant,
+                report_quantum_usec: Some(10_000),
             }
         );
+        assert_eq!(p.default_limits.capture, CaptureMode::Deny, "deny by default");
+        assert_eq!(c.capture_source.as_deref(), Some("alsa_input.mic"));
+        assert_eq!(c.capture_allow_monitor, Some(false));
         assert_eq!(
             p.rules[1].matcher,
             Matcher::Tcp("192.168.0.0/24".parse().unwrap())
@@ -640,6 +723,19 @@ allow = false
         let e = error("[[rule]]\nunix_uid = 1\n");
         assert_eq!(e.field.as_deref(), Some("name"), "{e}");
         assert!(e.message.contains("missing"), "{e}");
+
+        let e = error("[defaults]\ncapture = \"always\"\n");
+        assert_eq!((e.line, e.field.as_deref()), (2, Some("capture")), "{e}");
+        let e = error("[[rule]]\nname = \"x\"\nvsock_cid = 3\nreport_quantum_ms = 0\n");
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (4, Some("report_quantum_ms")),
+            "{e}"
+        );
+        let e = error("[capture]\nsource = \"\"\n");
+        assert_eq!((e.line, e.field.as_deref()), (2, Some("source")), "{e}");
+        let e = error("[capture]\nsorce = \"mic\"\n");
+        assert_eq!((e.line, e.field.as_deref()), (2, Some("sorce")), "{e}");
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub enum BackendChoice {
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub listen: Vec<ListenAddr>,
+    /// The control socket (`--control`), if any.
+    pub control: Option<PathBuf>,
     pub backend: BackendChoice,
     pub max_clients: usize,
     pub handshake_timeout: Duration,
@@ -106,6 +108,8 @@ pub enum DaemonError {
 pub struct Daemon {
     config: DaemonConfig,
     listeners: Vec<Listener>,
+    /// The control socket, if `--control` was given.
+    control: Option<Listener>,
     /// Set by a SIGUSR1 handler: log per-client statistics.
     stats_request: Option<Arc<AtomicBool>>,
     /// Niceness for the player process (the audio path).
@@ -132,6 +136,10 @@ impl Daemon {
         if listeners.is_empty() {
             return Err(DaemonError::NoListener);
         }
+        let control = match &config.control {
+            Some(path) => Some(Listener::bind_private(path)?),
+            None => None,
+        };
         if !config.policy.defaults.tcp
             && config
                 .policy
@@ -148,6 +156,7 @@ impl Daemon {
         Ok(Daemon {
             config,
             listeners,
+            control,
             stats_request: None,
             player_nice: None,
             player_exe: PathBuf::from(player::spawn::SELF_EXE),
@@ -226,6 +235,11 @@ impl Daemon {
             .iter()
             .map(Listener::accept_socket)
             .collect::<Result<Vec<_>, _>>()?;
+        let control = match &self.control {
+            Some(listener) => Some(listener.unix_listener()?),
+            None => None,
+        };
+        let owner = nix::unistd::getuid().as_raw();
         let sandbox = self.sandbox_config();
         let sandboxed = sandbox.mode != SandboxMode::Off;
         sandbox::apply(&sandbox)?;
@@ -235,6 +249,7 @@ impl Daemon {
             handshake_timeout: self.config.handshake_timeout,
             idle_timeout: self.config.idle_timeout,
             policy: Arc::clone(&self.config.policy),
+            capture_source: capture_source(&self.config),
         };
         let counters = Counters::default();
         let acceptance = Acceptance {
@@ -249,6 +264,10 @@ impl Daemon {
         crate::io::spawn(accept_sockets, io_channel, acceptance)?;
         for listener in &self.listeners {
             log::info!("listening on {}", listener.name());
+        }
+        if let (Some(socket), Some(listener)) = (control, &self.control) {
+            crate::control::spawn(socket, handle.clone(), owner)?;
+            log::info!("control socket on {} (mode 0600)", listener.name());
         }
 
         let engine_done = AtomicBool::new(false);
@@ -283,7 +302,7 @@ impl Daemon {
             thread::sleep(Duration::from_millis(10));
         }
         if sandboxed {
-            for listener in &mut self.listeners {
+            for listener in self.listeners.iter_mut().chain(self.control.as_mut()) {
                 if let Some(path) = listener.keep_file() {
                     log::info!(
                         "leaving {} in place: the sandbox may not remove it (the next start \
@@ -295,10 +314,19 @@ impl Daemon {
         }
         // Dropping the listeners removes their socket files.
         drop(self.listeners);
+        drop(self.control);
         match failure {
             Some(reason) => Err(DaemonError::PlayerFailed(reason)),
             None => Ok(()),
         }
+    }
+}
+
+/// The source capture guests record from, if the backend can record.
+pub fn capture_source(config: &DaemonConfig) -> Option<String> {
+    match &config.backend {
+        BackendChoice::Pulse(pulse) => pulse.source.clone(),
+        BackendChoice::Null { .. } => None,
     }
 }
 

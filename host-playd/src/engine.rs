@@ -21,9 +21,10 @@ use secure_tunnel_protocol::{GuestMessage, HostMessage, RejectReason};
 use thiserror::Error;
 
 use crate::admission::HandshakeSlot;
-use crate::backend::{AudioBackend, StreamEvent, StreamId, StreamStatus};
+use crate::backend::{AudioBackend, Captured, StreamEvent, StreamId, StreamStatus};
 use crate::clock::{HostClock, RateLimit};
-use crate::policy::{Admission, IdentityKey, PeerIdentity, Policy};
+use crate::control::ControlRequest;
+use crate::policy::{Admission, CaptureMode, IdentityKey, PeerIdentity, Policy};
 use crate::session::{bounded_text, Action, Event, Session};
 use crate::stats::{self, ClientStats};
 
@@ -67,6 +68,12 @@ pub enum Command {
     OverBudget { id: ClientId, reason: String },
     /// The guest's connection closed.
     Disconnected { id: ClientId },
+    /// A request on the control socket; the answer goes to `reply` (text,
+    /// `error: ` first when it failed).
+    Control {
+        request: ControlRequest,
+        reply: SyncSender<String>,
+    },
     /// Say goodbye to every guest and stop.
     Shutdown,
 }
@@ -204,6 +211,9 @@ pub struct EngineConfig {
     pub idle_timeout: Option<Duration>,
     /// Who may play, and how.
     pub policy: Arc<Policy>,
+    /// The source capture guests record from (the player holds the real
+    /// setting; this only tells whether anyone can record at all).
+    pub capture_source: Option<String>,
 }
 
 #[derive(Debug)]
@@ -227,11 +237,51 @@ struct Client {
     connections: u64,
     /// This guest's share of the log.
     logs: RateLimit,
+    /// An administrator's live capture grant (`ctl grant-capture`), for
+    /// this connection only.
+    granted: bool,
 }
 
 impl Client {
     /// What the statistics say about this client at `now_usec`.
     fn stats(&self, id: ClientId, now_usec: u64) -> ClientStats {
+        let (rule, mode) = match &self.admission {
+            Admission::Allowed { rule, limits } => (
+                rule.clone().unwrap_or_else(|| "default".to_owned()),
+                limits.capture,
+            ),
+            Admission::Denied { .. } => ("denied".to_owned(), CaptureMode::Deny),
+        };
+        let capture = if !self.session.is_capture() {
+            "-".to_owned()
+        } else if mode == CaptureMode::Grant {
+            let granted = if self.granted { "granted" } else { "not granted" };
+            format!("grant ({granted})")
+        } else {
+            mode.name().to_owned()
+        };
+        if let Some(c) = self.session.capture() {
+            use secure_tunnel_protocol::CaptureState as S;
+            let state = match c.state() {
+                Some(S::Attached) => "recording",
+                Some(S::Idle) => "capture-idle",
+                Some(S::AwaitingGrant) => "awaiting-grant",
+                Some(S::Unavailable) => "unavailable",
+                None => "opening",
+            };
+            return ClientStats {
+                id,
+                peer: self.peer.clone(),
+                state,
+                rule,
+                capture,
+                connected_for: Duration::from_micros(now_usec.saturating_sub(self.connected_usec)),
+                bytes: c.sent_bytes(),
+                underruns: 0,
+                latency: None,
+                connections: self.connections,
+            };
+        }
         let state = if self.session.is_streaming() {
             match self.last_status {
                 Some(status) if !status.playing => "idle",
@@ -257,6 +307,8 @@ impl Client {
             id,
             peer: self.peer.clone(),
             state,
+            rule,
+            capture,
             connected_for: Duration::from_micros(now_usec.saturating_sub(self.connected_usec)),
             bytes,
             underruns: self.last_status.map_or(0, |s| s.underruns),
@@ -353,6 +405,7 @@ impl<B: AudioBackend> Engine<B> {
                 }
             }
             self.backend_events();
+            self.captured();
             self.poll_sessions();
             if let Some(flag) = &self.stats_request {
                 if flag.swap(false, Ordering::SeqCst) {
@@ -446,6 +499,7 @@ impl<B: AudioBackend> Engine<B> {
                         last_status: None,
                         connections,
                         logs: RateLimit::new(CLIENT_LOG_BUDGET, CLIENT_LOG_WINDOW),
+                        granted: false,
                     },
                 );
                 let own = self.clients.get_mut(&id).map(|c| &mut c.logs);
@@ -479,8 +533,64 @@ impl<B: AudioBackend> Engine<B> {
                     }
                 }
             }
+            Command::Control { request, reply } => {
+                let answer = self.control(request);
+                // The control thread waits a bounded time; if it gave up,
+                // the answer is simply dropped.
+                let _ = reply.try_send(answer);
+            }
             Command::Shutdown => self.shutdown(),
         }
+    }
+
+    /// Answers one control request (administrator only: the control
+    /// socket is mode 0600 and checks its peer).
+    fn control(&mut self, request: ControlRequest) -> String {
+        match request {
+            ControlRequest::Status => self.status_text(),
+            ControlRequest::GrantCapture(id) | ControlRequest::RevokeCapture(id) => {
+                let grant = matches!(request, ControlRequest::GrantCapture(_));
+                let Some(client) = self.clients.get_mut(&id) else {
+                    return format!("error: no client {id}");
+                };
+                let mode = match &client.admission {
+                    Admission::Allowed { limits, .. } => limits.capture,
+                    Admission::Denied { .. } => CaptureMode::Deny,
+                };
+                if !client.session.is_capture() {
+                    return format!("error: client {id} is not a capture connection");
+                }
+                match mode {
+                    CaptureMode::Deny => {
+                        return format!("error: the policy denies client {id} capture");
+                    }
+                    CaptureMode::Allow => {
+                        return format!(
+                            "error: client {id} needs no grant: its rule allows capture                              (capture = \"allow\")"
+                        );
+                    }
+                    CaptureMode::Grant => {}
+                }
+                client.granted = grant;
+                let peer = client.peer.clone();
+                let verb = if grant { "granted" } else { "revoked" };
+                log::info!("client {id} ({peer}): capture {verb} by the administrator");
+                let now = self.clock.now_usec();
+                self.dispatch(id, now, Event::CapturePermission(grant));
+                format!("capture {verb} for client {id} ({peer})")
+            }
+        }
+    }
+
+    /// `ctl status`: a header, then one line per client.
+    fn status_text(&self) -> String {
+        let mut lines = stats::table(&self.stats());
+        for line in &mut lines {
+            if let Some(rest) = line.strip_prefix("stats: ") {
+                *line = rest.to_owned();
+            }
+        }
+        lines.join("\n")
     }
 
     fn shutdown(&mut self) {
@@ -508,6 +618,16 @@ impl<B: AudioBackend> Engine<B> {
             self.dispatch(id, now, event);
         }
         self.events = events;
+    }
+
+    /// Hands what the backend recorded to its capture sessions.
+    fn captured(&mut self) {
+        let mut captured: Vec<(StreamId, Captured)> = Vec::new();
+        self.backend.take_captured(&mut captured);
+        for (id, c) in captured {
+            let now = self.clock.now_usec();
+            self.dispatch(id, now, Event::Captured(c));
+        }
     }
 
     fn poll_sessions(&mut self) {
@@ -620,36 +740,8 @@ impl<B: AudioBackend> Engine<B> {
                         message,
                     });
                 }
-                let key = client.identity.key();
-                let open = self
-                    .clients
-                    .values()
-                    .filter(|c| c.session.has_stream())
-                    .count();
-                if open > self.config.max_clients {
-                    return Some(Event::OpenRefused {
-                        reason: RejectReason::TooManyClients,
-                        message: format!(
-                            "{} guests are playing already (the maximum)",
-                            self.config.max_clients
-                        ),
-                    });
-                }
-                if let Some(max) = limits.max_streams {
-                    let mine = self
-                        .clients
-                        .values()
-                        .filter(|c| c.session.has_stream() && c.identity.key() == key)
-                        .count();
-                    if mine > max {
-                        return Some(Event::OpenRefused {
-                            reason: RejectReason::TooManyClients,
-                            message: format!(
-                                "{} has {max} stream(s) playing already (its maximum)",
-                                client.identity
-                            ),
-                        });
-                    }
+                if let Some(refusal) = self.over_stream_caps(id, &limits) {
+                    return Some(refusal);
                 }
                 limits.apply(&mut params);
                 if let Some(client) = self.clients.get_mut(&id) {
@@ -672,6 +764,85 @@ impl<B: AudioBackend> Engine<B> {
                         })
                     }
                 }
+            }
+            Action::AdmitCapture { spec } => {
+                let client = self.clients.get(&id)?;
+                let limits = match &client.admission {
+                    Admission::Allowed { limits, .. } => limits.clone(),
+                    Admission::Denied { reason } => {
+                        return Some(Event::OpenRefused {
+                            reason: RejectReason::NotAllowed,
+                            message: reason.clone(),
+                        });
+                    }
+                };
+                let refused = |message: String| {
+                    Some(Event::OpenRefused {
+                        reason: RejectReason::NotAllowed,
+                        message,
+                    })
+                };
+                if limits.capture == CaptureMode::Deny {
+                    return refused(format!("{} may not record on this host", client.identity));
+                }
+                if self.config.capture_source.is_none() {
+                    return refused("this host records from no source".to_owned());
+                }
+                if let Err(message) = limits.check(&spec) {
+                    return refused(message);
+                }
+                if let Some(refusal) = self.over_stream_caps(id, &limits) {
+                    return Some(refusal);
+                }
+                let permitted = limits.capture == CaptureMode::Allow || client.granted;
+                let mode = limits.capture.name();
+                let peer = client.peer.clone();
+                if let Some(client) = self.clients.get_mut(&id) {
+                    client.spec = Some(spec);
+                    if let Some(note) = log_allowed(&mut self.peer_logs, Some(&mut client.logs)) {
+                        log::info!("client {id} ({peer}): capture connection (capture = {mode:?}){note}");
+                    }
+                }
+                Some(Event::CaptureAdmitted {
+                    permitted,
+                    quantum_usec: limits.report_quantum_usec.unwrap_or(0),
+                })
+            }
+            Action::OpenCapture(mut params) => {
+                let client = self.clients.get_mut(&id)?;
+                if let (Admission::Allowed { limits, .. }, Some(spec)) =
+                    (&client.admission, &client.spec)
+                {
+                    params.fragment_bytes = limits.cap_buffer(spec, params.fragment_bytes);
+                }
+                let peer = client.peer.clone();
+                match self.backend.open_capture(id, params) {
+                    Ok(()) => {
+                        let own = self.clients.get_mut(&id).map(|c| &mut c.logs);
+                        if let Some(note) = log_allowed(&mut self.peer_logs, own) {
+                            log::info!("client {id} ({peer}): capture started{note}");
+                        }
+                        None
+                    }
+                    Err(e) => {
+                        if let Some(note) = log_allowed(&mut self.peer_logs, None) {
+                            log::warn!("client {id}: cannot record: {e}{note}");
+                        }
+                        Some(Event::StreamFailed {
+                            reason: "the host cannot record now".to_owned(),
+                        })
+                    }
+                }
+            }
+            Action::CloseCapture => {
+                self.backend.close(id);
+                let client = self.clients.get_mut(&id)?;
+                let peer = client.peer.clone();
+                let sent = client.session.capture().map_or(0, |c| c.sent_bytes());
+                if let Some(note) = log_allowed(&mut self.peer_logs, Some(&mut client.logs)) {
+                    log::info!("client {id} ({peer}): capture stopped, {sent} bytes sent{note}");
+                }
+                None
             }
             Action::Write(data) => match self.backend.write(id, &data) {
                 Ok(()) => None,
@@ -717,6 +888,41 @@ impl<B: AudioBackend> Engine<B> {
                 None
             }
         }
+    }
+
+    /// The refusal for client `id` (which holds a stream now) if that makes
+    /// more streams than `max_clients` in all, or than its identity's
+    /// `max_streams`.
+    fn over_stream_caps(&self, id: ClientId, limits: &crate::policy::StreamLimits) -> Option<Event> {
+        let client = self.clients.get(&id)?;
+        let open = self
+            .clients
+            .values()
+            .filter(|c| c.session.has_stream())
+            .count();
+        if open > self.config.max_clients {
+            return Some(Event::OpenRefused {
+                reason: RejectReason::TooManyClients,
+                message: format!(
+                    "{} guests are playing already (the maximum)",
+                    self.config.max_clients
+                ),
+            });
+        }
+        let max = limits.max_streams?;
+        let key = client.identity.key();
+        let mine = self
+            .clients
+            .values()
+            .filter(|c| c.session.has_stream() && c.identity.key() == key)
+            .count();
+        (mine > max).then(|| Event::OpenRefused {
+            reason: RejectReason::TooManyClients,
+            message: format!(
+                "{} has {max} stream(s) playing already (its maximum)",
+                client.identity
+            ),
+        })
     }
 
     /// Says goodbye to a streaming guest that has been silent too long.

@@ -26,6 +26,8 @@ pub mod cli;
 pub mod clock;
 /// The configuration file.
 pub mod config;
+/// The control socket and `host-playd ctl`.
+pub mod control;
 /// A guest connection's socket, of any listener kind.
 pub mod connection;
 /// Wiring: listeners, engine thread, shutdown.

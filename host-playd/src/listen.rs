@@ -87,7 +87,7 @@ impl Listener {
                 // and never follows a symlink: nothing is changed by path
                 // afterwards, so whoever can write the directory cannot
                 // make host-playd chmod another file.
-                let listener = bind_unix_0666(path).map_err(io_err)?;
+                let listener = bind_unix_with_umask(path, 0o111).map_err(io_err)?;
                 let meta = fs::symlink_metadata(path).map_err(io_err)?;
                 Ok(Listener {
                     socket: Socket::Unix(listener),
@@ -121,6 +121,36 @@ impl Listener {
                     unix_file: None,
                 })
             }
+        }
+    }
+
+    /// Binds a unix socket only its owner may connect to (mode 0600, from
+    /// the umask at bind: never a chmod by path), for the control socket.
+    /// A stale socket is replaced; a symlink or another file refused.
+    pub fn bind_private(path: &Path) -> Result<Listener, BindError> {
+        let name = format!("unix:{}", path.display());
+        let io_err = |source| BindError::Io {
+            addr: name.clone(),
+            source,
+        };
+        remove_stale_socket(path, &name)?;
+        let listener = bind_unix_with_umask(path, 0o177).map_err(io_err)?;
+        let meta = fs::symlink_metadata(path).map_err(io_err)?;
+        Ok(Listener {
+            socket: Socket::Unix(listener),
+            name,
+            unix_file: Some((path.to_path_buf(), meta.dev(), meta.ino())),
+        })
+    }
+
+    /// A blocking handle on a unix listener (the control thread's).
+    pub fn unix_listener(&self) -> io::Result<UnixListener> {
+        match &self.socket {
+            Socket::Unix(l) => l.try_clone(),
+            Socket::Tcp(_) | Socket::Vsock(_) => Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "not a unix listener",
+            )),
         }
     }
 
@@ -340,12 +370,13 @@ impl Drop for Listener {
     }
 }
 
-/// Binds `path` with the file mode 0666: the umask is 0111 for the
+/// Binds `path` with the file mode 0777 & !`mask` (0666 for guests' 0111,
+    /// 0600 for the control socket's 0177): the umask is `mask` for the
 /// duration of the call. The umask is process-wide, which is why the daemon
 /// binds before it starts any thread.
-fn bind_unix_0666(path: &Path) -> io::Result<UnixListener> {
+fn bind_unix_with_umask(path: &Path, mask: u32) -> io::Result<UnixListener> {
     use nix::sys::stat::{umask, Mode};
-    let old = umask(Mode::from_bits_truncate(0o111));
+    let old = umask(Mode::from_bits_truncate(mask));
     let bound = UnixListener::bind(path);
     umask(old);
     bound

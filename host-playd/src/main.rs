@@ -22,6 +22,9 @@ fn main() -> ExitCode {
         if flag == player::PLAYER_FLAG || flag == player::PLAYER_CHECK_FLAG {
             return player_main(flag == player::PLAYER_CHECK_FLAG, &argv[2..]);
         }
+        if flag == "ctl" {
+            return ctl_main(&argv[2..]);
+        }
     }
     // Before anything else opens a descriptor: the sockets systemd passed.
     let inherited = host_playd::sys::take_listen_fds();
@@ -54,6 +57,23 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             log::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `host-playd ctl ...`: one request to a running daemon's control socket.
+fn ctl_main(rest: &[String]) -> ExitCode {
+    let args = host_playd::cli::CtlArgs::parse_from(
+        std::iter::once("host-playd ctl".to_owned()).chain(rest.iter().cloned()),
+    );
+    match host_playd::control::request(&args.path(), args.request()) {
+        Ok(answer) => {
+            println!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("host-playd ctl: {e}");
             ExitCode::FAILURE
         }
     }

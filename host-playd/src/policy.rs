@@ -211,6 +211,36 @@ pub struct StreamLimits {
     pub volume_percent: Option<u8>,
     /// The name the host's mixer shows, instead of the guest's.
     pub stream_name: Option<String>,
+    /// Whether the peer may record from the host's capture source.
+    pub capture: CaptureMode,
+    /// Privacy: host times and latencies in the clock reports sent to the
+    /// guest are rounded to multiples of this (`None`: exact). Precise host
+    /// latency tells an anonymity guest about the host's sound card.
+    pub report_quantum_usec: Option<u64>,
+}
+
+/// Whether a peer may record (`capture` in `[defaults]` and `[[rule]]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CaptureMode {
+    /// Never: a capture Hello is refused with `NotAllowed`.
+    #[default]
+    Deny,
+    /// Whenever the guest asks.
+    Allow,
+    /// Only while an administrator has granted it live
+    /// (`host-playd ctl grant-capture ID`), until revoked or disconnected.
+    Grant,
+}
+
+impl CaptureMode {
+    /// The configuration file's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            CaptureMode::Deny => "deny",
+            CaptureMode::Allow => "allow",
+            CaptureMode::Grant => "grant",
+        }
+    }
 }
 
 /// The latency floor when a policy sets none: 10 ms, the smallest

@@ -8,12 +8,15 @@
 #![forbid(unsafe_code)]
 
 use secure_tunnel_protocol::{
-    Accept, ClockReport, GuestMessage, HostMessage, RejectReason, StreamSpec, MAX_REASON_LEN,
-    MAX_STREAM_NAME, PROTOCOL_VERSION,
+    Accept, ClockReport, GuestMessage, Hello, HostMessage, RejectReason,
+    StreamSpec, CAPTURE_PROTOCOL_VERSION, MAX_REASON_LEN, MAX_STREAM_NAME, PROTOCOL_VERSION,
 };
 
-use crate::backend::{StreamParams, StreamStatus};
+use crate::backend::{CaptureParams, Captured, StreamParams, StreamStatus};
 use crate::text::sanitize;
+
+pub mod capture;
+use capture::Capture;
 
 /// Clock report interval while the stream plays.
 pub const CLOCK_INTERVAL_PLAYING_USEC: u64 = 20_000;
@@ -44,6 +47,13 @@ pub enum Event {
     StreamFailed { reason: String },
     /// A fresh sample of the open stream.
     Status(StreamStatus),
+    /// A capture Hello passed the policy ([`Action::AdmitCapture`]);
+    /// `permitted`: it may record now (`allow`), or only once granted.
+    CaptureAdmitted { permitted: bool, quantum_usec: u64 },
+    /// An administrator granted (`true`) or revoked capture.
+    CapturePermission(bool),
+    /// Audio the recording stream delivered.
+    Captured(Captured),
     /// Time passed (lets deadlines fire).
     Tick,
     /// The daemon is shutting down.
@@ -65,6 +75,13 @@ pub enum Action {
     Flush,
     /// Change the host stream's buffer.
     SetBuffer { tlength_bytes: u32 },
+    /// Judge a capture Hello by the policy: the engine answers
+    /// [`Event::CaptureAdmitted`] or [`Event::OpenRefused`].
+    AdmitCapture { spec: StreamSpec },
+    /// Open the host's recording stream (answered like `OpenStream`).
+    OpenCapture(CaptureParams),
+    /// Close the host's recording stream.
+    CloseCapture,
     /// Close the connection after the queued messages, and the stream if any.
     /// `peer_fault` tells whether the guest broke the protocol (log louder).
     Close { reason: String, peer_fault: bool },
@@ -75,6 +92,8 @@ enum State {
     AwaitHello { deadline_usec: u64 },
     Opening { deadline_usec: u64 },
     Streaming,
+    /// A capture connection after its Accept.
+    Capturing,
     Closed,
 }
 
@@ -92,6 +111,10 @@ pub struct Session {
     last_playing: bool,
     /// A clock report is due at once (after a flush, cork or uncork).
     clock_dirty: bool,
+    /// A capture connection's own state, from its CaptureHello on.
+    capture: Option<Capture>,
+    /// The capture Hello's target latency, until the Accept.
+    capture_latency_usec: u64,
 }
 
 impl Session {
@@ -111,12 +134,28 @@ impl Session {
             last_clock_usec: None,
             last_playing: false,
             clock_dirty: false,
+            capture: None,
+            capture_latency_usec: 0,
         }
     }
 
-    /// Whether the session holds (or is opening) a host stream.
+    /// Whether this is a capture connection (it said CaptureHello).
+    pub fn is_capture(&self) -> bool {
+        self.capture.is_some() || self.capture_latency_usec > 0
+    }
+
+    /// A capture connection's state after its Accept.
+    pub fn capture(&self) -> Option<&Capture> {
+        self.capture.as_ref()
+    }
+
+    /// Whether the session holds (or is opening) a host stream, or is an
+    /// accepted capture connection (which counts as one: it may record).
     pub fn has_stream(&self) -> bool {
-        matches!(self.state, State::Opening { .. } | State::Streaming)
+        matches!(
+            self.state,
+            State::Opening { .. } | State::Streaming | State::Capturing
+        )
     }
 
     /// Whether the stream is open and wants [`Event::Status`] samples.
@@ -147,6 +186,7 @@ impl Session {
             (State::AwaitHello { .. }, event) => self.await_hello(now_usec, event, out),
             (State::Opening { .. }, event) => self.opening(now_usec, event, out),
             (State::Streaming, event) => self.streaming(now_usec, event, out),
+            (State::Capturing, event) => self.capturing(now_usec, event, out),
         }
     }
 
@@ -184,6 +224,9 @@ impl Session {
                     name,
                 }));
             }
+            Event::Message(GuestMessage::CaptureHello(hello)) => {
+                self.capture_hello(now_usec, hello, out);
+            }
             Event::Message(other) => {
                 let message = format!("expected Hello first, got {}", message_name(&other));
                 self.reject(RejectReason::BadRequest, message, out);
@@ -203,12 +246,58 @@ impl Session {
             | Event::OpenRefused { .. }
             | Event::StreamFailed { .. }
             | Event::Status(_)
+            | Event::CaptureAdmitted { .. }
+            | Event::CapturePermission(_)
+            | Event::Captured(_)
             | Event::Shutdown => {}
         }
     }
 
+    fn capture_hello(&mut self, now_usec: u64, hello: Hello, out: &mut Vec<Action>) {
+        if hello.version != CAPTURE_PROTOCOL_VERSION {
+            let message = format!(
+                "capture needs protocol version {CAPTURE_PROTOCOL_VERSION}, not {}",
+                hello.version
+            );
+            self.reject(RejectReason::UnsupportedVersion, message, out);
+            return;
+        }
+        let name = sanitize(&hello.stream_name, MAX_STREAM_NAME);
+        self.stream_name.clone_from(&name);
+        self.spec = Some(hello.spec.clone());
+        self.capture_latency_usec = u64::from(hello.target_latency_usec).max(1);
+        self.state = State::Opening {
+            deadline_usec: now_usec.saturating_add(OPEN_TIMEOUT_USEC),
+        };
+        out.push(Action::AdmitCapture { spec: hello.spec });
+    }
+
     fn opening(&mut self, now_usec: u64, event: Event, out: &mut Vec<Action>) {
         match event {
+            Event::CaptureAdmitted {
+                permitted,
+                quantum_usec,
+            } if self.capture_latency_usec > 0 && self.capture.is_none() => {
+                let Some(spec) = self.spec.clone() else {
+                    return;
+                };
+                let mut capture = Capture::new(
+                    spec,
+                    self.stream_name.clone(),
+                    self.capture_latency_usec,
+                    permitted,
+                    quantum_usec,
+                );
+                self.state = State::Capturing;
+                out.push(Action::Send(HostMessage::Accept(Accept {
+                    version: CAPTURE_PROTOCOL_VERSION,
+                    buffer_bytes: capture.fragment_bytes(),
+                    host_time_usec: now_usec,
+                })));
+                capture.start(now_usec, out);
+                self.capture = Some(capture);
+            }
+            Event::StreamOpened { .. } if self.capture_latency_usec > 0 => {}
             Event::StreamOpened { buffer_bytes } => {
                 self.tlength_bytes = buffer_bytes;
                 self.state = State::Streaming;
@@ -248,7 +337,81 @@ impl Session {
                     }
                 }
             }
-            Event::Status(_) | Event::Shutdown => {}
+            Event::Status(_)
+            | Event::Shutdown
+            | Event::CaptureAdmitted { .. }
+            | Event::CapturePermission(_)
+            | Event::Captured(_) => {}
+        }
+    }
+
+    fn capturing(&mut self, now_usec: u64, event: Event, out: &mut Vec<Action>) {
+        let Some(capture) = self.capture.as_mut() else {
+            return;
+        };
+        let violation = match event {
+            Event::Message(GuestMessage::Uncork) => {
+                capture.ask(now_usec, true, out);
+                None
+            }
+            Event::Message(GuestMessage::Cork) => {
+                capture.ask(now_usec, false, out);
+                None
+            }
+            Event::Message(GuestMessage::CaptureCredit { limit_bytes }) => {
+                capture.credit(limit_bytes, out).err()
+            }
+            Event::Message(GuestMessage::SetLatency {
+                target_latency_usec,
+            }) => {
+                capture.set_latency(u64::from(target_latency_usec));
+                None
+            }
+            Event::Message(GuestMessage::Ping { guest_time_usec }) => {
+                out.push(pong(guest_time_usec, now_usec));
+                None
+            }
+            Event::Message(GuestMessage::Goodbye { reason }) => {
+                capture.close(out);
+                let reason = sanitize(&reason, MAX_REASON_LEN);
+                self.close(&format!("guest said goodbye: {reason}"), false, out);
+                return;
+            }
+            Event::Message(other) => Some(format!(
+                "{} on a capture connection",
+                message_name(&other)
+            )),
+            Event::ProtocolError(error) => Some(error),
+            Event::StreamOpened { .. } => {
+                capture.opened(now_usec, out);
+                None
+            }
+            Event::StreamFailed { .. } | Event::OpenRefused { .. } => {
+                capture.failed(now_usec, out);
+                None
+            }
+            Event::CapturePermission(permitted) => {
+                capture.permit(now_usec, permitted, out);
+                None
+            }
+            Event::Captured(captured) => {
+                capture.captured(captured, out);
+                None
+            }
+            Event::Tick | Event::Status(_) => {
+                capture.tick(now_usec, out);
+                None
+            }
+            Event::CaptureAdmitted { .. } => None,
+            Event::Shutdown => {
+                capture.close(out);
+                self.goodbye("host-playd is shutting down", false, out);
+                return;
+            }
+        };
+        if let Some(reason) = violation {
+            capture.close(out);
+            self.goodbye(&reason, true, out);
         }
     }
 
@@ -262,6 +425,7 @@ impl Session {
             Event::Status(status) => self.status(status, out),
             Event::StreamOpened { .. } | Event::OpenRefused { .. } => {}
             Event::Tick | Event::Shutdown => {}
+            Event::CaptureAdmitted { .. } | Event::CapturePermission(_) | Event::Captured(_) => {}
         }
     }
 
@@ -387,6 +551,7 @@ impl Session {
                 out,
             ),
             State::Streaming => self.goodbye("host-playd is shutting down", false, out),
+            State::Capturing => self.capturing(0, Event::Shutdown, out),
             State::Closed => {}
         }
     }

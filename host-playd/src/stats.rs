@@ -17,11 +17,18 @@ pub struct ClientStats {
     pub id: u64,
     /// The listener and the peer's identity, as in the connect log line.
     pub peer: String,
-    /// `handshake`, `opening`, `playing` or `idle` (corked or starved).
+    /// `handshake`, `opening`, `playing` or `idle` (corked or starved);
+    /// for a capture connection `recording`, `capture-idle` (not asking),
+    /// `awaiting-grant` or `unavailable` (the source failed).
     pub state: &'static str,
+    /// The policy rule that admitted it (`default`, or `denied`).
+    pub rule: String,
+    /// `-` for playback; else the rule's capture mode, and under `grant`
+    /// whether it is granted now.
+    pub capture: String,
     /// Time since the guest connected.
     pub connected_for: Duration,
-    /// Audio bytes received from the guest.
+    /// Audio bytes received from the guest (sent to it, for capture).
     pub bytes: u64,
     /// Host stream underruns since the stream opened.
     pub underruns: u32,
@@ -48,7 +55,7 @@ impl fmt::Display for ClientStats {
         write!(
             f,
             "client {} ({}): state {}, up {:.1} s, {} bytes, {} underruns, latency {}, \
-             {} reconnects",
+             {} reconnects, rule {}, capture {}",
             self.id,
             self.peer,
             self.state,
@@ -56,7 +63,9 @@ impl fmt::Display for ClientStats {
             self.bytes,
             self.underruns,
             latency,
-            self.reconnects()
+            self.reconnects(),
+            self.rule,
+            self.capture,
         )
     }
 }
@@ -85,6 +94,8 @@ mod tests {
             id,
             peer: "unix:/run/host-playd/guest.sock (uid 1000 gid 1000 pid 42)".to_owned(),
             state,
+            rule: "default".to_owned(),
+            capture: "-".to_owned(),
             connected_for: Duration::from_millis(2500),
             bytes: 192_000,
             underruns: 1,
@@ -101,7 +112,8 @@ mod tests {
         assert_eq!(
             lines[1],
             "stats: client 2 (unix:/run/host-playd/guest.sock (uid 1000 gid 1000 pid 42)): \
-             state playing, up 2.5 s, 192000 bytes, 1 underruns, latency 61.2 ms, 2 reconnects"
+             state playing, up 2.5 s, 192000 bytes, 1 underruns, latency 61.2 ms, 2 reconnects, \
+             rule default, capture -"
         );
         assert!(lines[2].starts_with("stats: client 7 "), "{}", lines[2]);
     }
@@ -112,7 +124,7 @@ mod tests {
         c.latency = None;
         c.connections = 1;
         let line = c.to_string();
-        assert!(line.contains("latency -, 0 reconnects"), "{line}");
+        assert!(line.contains("latency -, 0 reconnects, rule"), "{line}");
         assert_eq!(table(&[])[0], "stats: 0 client(s) connected, 0 playing");
     }
 }

@@ -30,6 +30,29 @@ pub struct StreamParams {
     pub name: String,
 }
 
+/// What a capture guest asked for: the host records from its one
+/// configured source (the guest cannot name one) in `spec`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureParams {
+    pub spec: StreamSpec,
+    /// Bytes the recording stream gathers before it delivers (whole
+    /// frames): the host's share of the capture latency.
+    pub fragment_bytes: u32,
+    /// Human-readable stream name shown by the host's mixer.
+    pub name: String,
+}
+
+/// Audio recorded for one capture stream, with its timing: at
+/// `host_time_usec` (right after `data` was read), the backend held
+/// `delay_usec` of audio beyond the end of `data` (the source's latency
+/// plus what the recording stream captured and did not deliver yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    pub host_time_usec: u64,
+    pub delay_usec: u32,
+    pub data: Vec<u8>,
+}
+
 /// Something that happened to a stream between two drives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamEvent {
@@ -82,6 +105,21 @@ pub enum BackendError {
 pub trait AudioBackend: std::fmt::Debug {
     /// Starts opening a stream. An `Err` means it will never open.
     fn open(&mut self, id: StreamId, params: StreamParams) -> Result<(), BackendError>;
+
+    /// Starts opening a recording stream on the backend's configured
+    /// source; [`StreamEvent::Opened`] (with the fragment size) or
+    /// [`StreamEvent::Failed`] follows as for playback. Closed by
+    /// [`AudioBackend::close`]. The default records nothing.
+    fn open_capture(&mut self, id: StreamId, _params: CaptureParams) -> Result<(), BackendError> {
+        Err(BackendError::Stream {
+            op: "capture",
+            id,
+            reason: "this backend does not record".to_owned(),
+        })
+    }
+
+    /// Moves the audio recorded since the last call into `out`.
+    fn take_captured(&mut self, _out: &mut Vec<(StreamId, Captured)>) {}
 
     /// Queues whole frames of audio.
     fn write(&mut self, id: StreamId, data: &[u8]) -> Result<(), BackendError>;
@@ -147,6 +185,12 @@ impl<B: AudioBackend + ?Sized> AudioBackend for Box<B> {
     }
     fn write(&mut self, id: StreamId, data: &[u8]) -> Result<(), BackendError> {
         (**self).write(id, data)
+    }
+    fn open_capture(&mut self, id: StreamId, params: CaptureParams) -> Result<(), BackendError> {
+        (**self).open_capture(id, params)
+    }
+    fn take_captured(&mut self, out: &mut Vec<(StreamId, Captured)>) {
+        (**self).take_captured(out);
     }
     fn cork(&mut self, id: StreamId, corked: bool) {
         (**self).cork(id, corked);

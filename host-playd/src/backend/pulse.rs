@@ -11,6 +11,8 @@
 //! `ServerError`.
 #![forbid(unsafe_code)]
 
+mod capture;
+
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -30,7 +32,11 @@ use pulse::stream::{FlagSet as StreamFlags, SeekMode, State as StreamState, Stre
 use pulse::time::MicroSeconds;
 use secure_tunnel_protocol::{SampleFormat, StreamSpec};
 
-use super::{AudioBackend, BackendError, StreamEvent, StreamId, StreamParams, StreamStatus};
+use super::{
+    AudioBackend, BackendError, CaptureParams, Captured, StreamEvent, StreamId, StreamParams,
+    StreamStatus,
+};
+use capture::{Progress, Recorder};
 use crate::clock::HostClock;
 use crate::engine::WakeReceiver;
 
@@ -49,6 +55,12 @@ pub struct PulseConfig {
     pub server: Option<String>,
     /// Sink name; `None` uses the server's default sink.
     pub sink: Option<String>,
+    /// The one source capture guests record from; `None`: nobody records.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Whether that source may be a sink's monitor (the host's own sound).
+    #[serde(default)]
+    pub allow_monitor: bool,
 }
 
 struct PulseStream {
@@ -173,6 +185,9 @@ pub struct PulseBackend {
     closing: Vec<Stream>,
     pending: Vec<(StreamId, StreamParams)>,
     events: Vec<(StreamId, StreamEvent)>,
+    recorders: HashMap<StreamId, Recorder>,
+    capture_pending: Vec<(StreamId, CaptureParams)>,
+    captured: Vec<(StreamId, Captured)>,
     _wake_event: IoEvent<<Mainloop as MainloopTrait>::MI>,
     context: Option<Context>,
     context_ready: bool,
@@ -238,6 +253,9 @@ impl PulseBackend {
             closing: Vec::new(),
             pending: Vec::new(),
             events: Vec::new(),
+            recorders: HashMap::new(),
+            capture_pending: Vec::new(),
+            captured: Vec::new(),
             _wake_event: wake_event,
             context: None,
             context_ready: false,
@@ -304,6 +322,23 @@ impl PulseBackend {
                 },
             ));
         }
+        for (id, _) in self.capture_pending.drain(..) {
+            self.events.push((
+                id,
+                StreamEvent::Failed {
+                    reason: reason.clone(),
+                },
+            ));
+        }
+        for (id, _) in self.recorders.drain() {
+            self.events.push((
+                id,
+                StreamEvent::Failed {
+                    reason: reason.clone(),
+                },
+            ));
+        }
+        self.captured.clear();
         // The server forgets a dead client's streams by itself.
         self.closing.clear();
         for (id, _) in self.streams.drain() {
@@ -334,6 +369,9 @@ impl PulseBackend {
                 for (id, params) in std::mem::take(&mut self.pending) {
                     self.start_stream(id, params);
                 }
+                for (id, params) in std::mem::take(&mut self.capture_pending) {
+                    self.start_capture(id, params);
+                }
             }
             ContextState::Failed | ContextState::Terminated => {
                 let reason = pa_text(context.errno());
@@ -343,6 +381,62 @@ impl PulseBackend {
             | ContextState::Connecting
             | ContextState::Authorizing
             | ContextState::SettingName => {}
+        }
+    }
+
+    fn start_capture(&mut self, id: StreamId, params: CaptureParams) {
+        let (Some(context), Some(source)) = (&self.context, &self.config.source) else {
+            let reason = "no capture source is configured".to_owned();
+            self.events.push((id, StreamEvent::Failed { reason }));
+            return;
+        };
+        self.recorders
+            .insert(id, Recorder::start(context, source, params));
+    }
+
+    /// Moves every recording stream on and collects what they read.
+    fn check_recorders(&mut self) {
+        let (Some(context), Some(source)) = (self.context.as_mut(), &self.config.source) else {
+            return;
+        };
+        let now = self.clock.now_usec();
+        let mut failed = Vec::new();
+        for (&id, recorder) in &mut self.recorders {
+            match recorder.poll(context, source, self.config.allow_monitor) {
+                Progress::Nothing => {}
+                Progress::Opened { fragment_bytes } => self.events.push((
+                    id,
+                    StreamEvent::Opened {
+                        buffer_bytes: fragment_bytes,
+                    },
+                )),
+                Progress::Failed(reason) => {
+                    failed.push(id);
+                    self.events.push((id, StreamEvent::Failed { reason }));
+                }
+            }
+            if let Some(captured) = recorder.take(now) {
+                self.captured.push((id, captured));
+            }
+        }
+        for id in failed {
+            self.close_recorder(id);
+        }
+    }
+
+    /// Ends a recording stream (finishing one still being created, as for
+    /// playback, so that no source-output outlives its guest).
+    fn close_recorder(&mut self, id: StreamId) {
+        self.capture_pending.retain(|(pending, _)| *pending != id);
+        self.captured.retain(|(of, _)| *of != id);
+        let Some(mut stream) = self.recorders.remove(&id).and_then(Recorder::into_stream) else {
+            return;
+        };
+        match stream.get_state() {
+            StreamState::Creating => self.closing.push(stream),
+            _ => {
+                let _ = stream.disconnect();
+            }
         }
     }
 
@@ -531,6 +625,32 @@ impl AudioBackend for PulseBackend {
         Ok(())
     }
 
+    fn open_capture(&mut self, id: StreamId, params: CaptureParams) -> Result<(), BackendError> {
+        if self.context.is_none() {
+            return Err(BackendError::Unavailable(format!(
+                "not connected to PulseAudio {} (retrying every second)",
+                self.server_name()
+            )));
+        }
+        if self.config.source.is_none() {
+            return Err(BackendError::Stream {
+                op: "capture",
+                id,
+                reason: "no capture source is configured".to_owned(),
+            });
+        }
+        if self.context_ready {
+            self.start_capture(id, params);
+        } else {
+            self.capture_pending.push((id, params));
+        }
+        Ok(())
+    }
+
+    fn take_captured(&mut self, out: &mut Vec<(StreamId, Captured)>) {
+        out.append(&mut self.captured);
+    }
+
     fn write(&mut self, id: StreamId, data: &[u8]) -> Result<(), BackendError> {
         let s = self
             .streams
@@ -581,6 +701,7 @@ impl AudioBackend for PulseBackend {
     }
 
     fn close(&mut self, id: StreamId) {
+        self.close_recorder(id);
         self.volume_caps.remove(&id);
         self.pending.retain(|(pending, _)| *pending != id);
         if let Some(mut s) = self.streams.remove(&id) {
@@ -612,6 +733,7 @@ impl AudioBackend for PulseBackend {
         }
         self.check_context();
         self.check_streams();
+        self.check_recorders();
     }
 
     fn take_events(&mut self, out: &mut Vec<(StreamId, StreamEvent)>) {

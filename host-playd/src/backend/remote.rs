@@ -22,7 +22,10 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use secure_tunnel_protocol::StreamSpec;
 
 use super::pulse::MAX_EXTRAPOLATION_USEC;
-use super::{AudioBackend, BackendError, StreamEvent, StreamId, StreamParams, StreamStatus};
+use super::{
+    AudioBackend, BackendError, CaptureParams, Captured, StreamEvent, StreamId, StreamParams,
+    StreamStatus,
+};
 use crate::clock::HostClock;
 use crate::engine::WakeReceiver;
 use crate::player::packet::{self, Received};
@@ -34,6 +37,9 @@ pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug)]
 struct Remote {
+    /// A recording stream: what the player records arrives as
+    /// [`Report::Captured`].
+    capture: bool,
     spec: StreamSpec,
     /// Bytes written to the stream so far.
     sent: u64,
@@ -49,6 +55,7 @@ pub struct RemoteBackend {
     streams: HashMap<StreamId, Remote>,
     volume_caps: HashMap<StreamId, u8>,
     events: Vec<(StreamId, StreamEvent)>,
+    captured: Vec<(StreamId, Captured)>,
     queue: VecDeque<Vec<u8>>,
     queued_bytes: usize,
     connected: bool,
@@ -81,6 +88,7 @@ impl RemoteBackend {
             streams: HashMap::new(),
             volume_caps: HashMap::new(),
             events: Vec::new(),
+            captured: Vec::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
             connected: false,
@@ -185,13 +193,46 @@ impl RemoteBackend {
             Report::Status(entries) => {
                 for entry in entries {
                     if let Some(s) = self.streams.get_mut(&entry.id) {
-                        if s.opened {
+                        if s.opened && !s.capture {
                             s.last = Some(entry);
                         }
                     }
                 }
             }
+            Report::Captured {
+                id,
+                host_time_usec,
+                delay_usec,
+                data,
+            } => {
+                // The engine takes these on every wake-up; a stream that is
+                // not (or no longer) a capture stream of ours gets nothing.
+                if self.streams.get(&id).is_some_and(|s| s.capture && s.opened) {
+                    self.captured.push((
+                        id,
+                        Captured {
+                            host_time_usec,
+                            delay_usec,
+                            data,
+                        },
+                    ));
+                }
+            }
         }
+    }
+
+    /// Whether a stream can be opened now.
+    fn usable(&self) -> Result<(), BackendError> {
+        if let Some(failure) = &self.failure {
+            return Err(BackendError::Unavailable(failure.clone()));
+        }
+        if !self.connected {
+            return Err(BackendError::Unavailable(
+                "the player is not connected to the sound server (it retries every second)"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     fn fail(&mut self, reason: String) {
@@ -216,19 +257,12 @@ impl RemoteBackend {
 
 impl AudioBackend for RemoteBackend {
     fn open(&mut self, id: StreamId, params: StreamParams) -> Result<(), BackendError> {
-        if let Some(failure) = &self.failure {
-            return Err(BackendError::Unavailable(failure.clone()));
-        }
-        if !self.connected {
-            return Err(BackendError::Unavailable(
-                "the player is not connected to the sound server (it retries every second)"
-                    .to_owned(),
-            ));
-        }
+        self.usable()?;
         let volume_cap = self.volume_caps.remove(&id).unwrap_or(NO_VOLUME_CAP);
         self.streams.insert(
             id,
             Remote {
+                capture: false,
                 spec: params.spec.clone(),
                 sent: 0,
                 last: None,
@@ -243,6 +277,31 @@ impl AudioBackend for RemoteBackend {
             name: params.name,
         });
         Ok(())
+    }
+
+    fn open_capture(&mut self, id: StreamId, params: CaptureParams) -> Result<(), BackendError> {
+        self.usable()?;
+        self.streams.insert(
+            id,
+            Remote {
+                capture: true,
+                spec: params.spec.clone(),
+                sent: 0,
+                last: None,
+                opened: false,
+            },
+        );
+        self.request(&Request::OpenCapture {
+            id,
+            spec: params.spec,
+            fragment_bytes: params.fragment_bytes,
+            name: params.name,
+        });
+        Ok(())
+    }
+
+    fn take_captured(&mut self, out: &mut Vec<(StreamId, Captured)>) {
+        out.append(&mut self.captured);
     }
 
     fn write(&mut self, id: StreamId, data: &[u8]) -> Result<(), BackendError> {

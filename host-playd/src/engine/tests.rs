@@ -33,6 +33,7 @@ impl Rig {
                 default_limits: limits,
                 ..Policy::default()
             }),
+            capture_source: None,
         };
         Rig {
             engine: Engine::new(NullBackend::new(clock, 0), clock, config),

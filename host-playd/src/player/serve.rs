@@ -13,8 +13,10 @@ use std::collections::HashMap;
 
 use secure_tunnel_protocol::{StreamSpec, MAX_AUDIO_CHUNK, MAX_STREAM_NAME};
 
-use super::wire::{Report, Request, StatusEntry, NO_VOLUME_CAP};
-use crate::backend::{AudioBackend, StreamEvent, StreamId, StreamParams};
+use super::wire::{Report, Request, StatusEntry, MAX_CAPTURED_CHUNK, NO_VOLUME_CAP};
+use crate::backend::{
+    AudioBackend, CaptureParams, Captured, StreamEvent, StreamId, StreamParams,
+};
 use crate::budget::Bucket;
 use crate::policy::StreamLimits;
 use crate::text;
@@ -45,8 +47,14 @@ pub const CONTROL_BURST: u32 = 400;
 /// one chunk): the guest-facing side grants one buffer of credit.
 pub const WRITE_AHEAD_BUFFERS: u64 = 2;
 
+/// The longest recording fragment the player opens, in time: the capture
+/// latency a guest can ask for is cut to the policy's maximum anyway.
+pub const MAX_FRAGMENT_USEC: u64 = 1_000_000;
+
 #[derive(Debug)]
 struct Held {
+    /// A recording stream (only `Close` applies to it).
+    capture: bool,
     spec: StreamSpec,
     tlength_bytes: u32,
     opened: bool,
@@ -76,6 +84,7 @@ pub struct Player<B: AudioBackend> {
     opens: Bucket,
     outbox: Vec<Report>,
     events: Vec<(StreamId, StreamEvent)>,
+    captured: Vec<(StreamId, Captured)>,
     counters: PlayerCounters,
 }
 
@@ -88,6 +97,7 @@ impl<B: AudioBackend> Player<B> {
             opens: Bucket::new(OPENS_PER_SEC, OPENS_BURST),
             outbox: Vec::new(),
             events: Vec::new(),
+            captured: Vec::new(),
             counters: PlayerCounters::default(),
         }
     }
@@ -120,6 +130,12 @@ impl<B: AudioBackend> Player<B> {
                 volume_cap,
                 name,
             } => self.open(now_usec, id, spec, tlength_bytes, volume_cap, &name),
+            Request::OpenCapture {
+                id,
+                spec,
+                fragment_bytes,
+                name,
+            } => self.open_capture(now_usec, id, spec, fragment_bytes, &name),
             Request::Write { id, data } => self.write(id, &data),
             Request::Cork { id, corked } => {
                 if self.charge_control(now_usec, id, "cork") {
@@ -154,16 +170,10 @@ impl<B: AudioBackend> Player<B> {
         }
     }
 
-    fn open(
-        &mut self,
-        now_usec: u64,
-        id: StreamId,
-        spec: StreamSpec,
-        tlength_bytes: u32,
-        volume_cap: u8,
-        name: &str,
-    ) {
-        let refusal = if self.streams.contains_key(&id) {
+    /// Why a stream `id` of `spec` may not open now, if it may not (the
+    /// checks every open passes, playback or capture).
+    fn refusal(&mut self, now_usec: u64, id: StreamId, spec: &StreamSpec) -> Option<String> {
+        if self.streams.contains_key(&id) {
             Some(format!("stream id {id} is in use"))
         } else if let Err(e) = spec.validate() {
             Some(format!("invalid stream: {e}"))
@@ -174,14 +184,44 @@ impl<B: AudioBackend> Player<B> {
             ))
         } else if !self.opens.take(now_usec) {
             Some(format!("more than {OPENS_PER_SEC} stream opens per second"))
-        } else if volume_cap != NO_VOLUME_CAP && volume_cap > 100 {
-            Some(format!("volume cap {volume_cap} % is above 100 %"))
         } else {
             None
-        };
+        }
+    }
+
+    fn refuse(&mut self, id: StreamId, reason: String) {
+        self.counters.refused += 1;
+        self.outbox.push(Report::Failed { id, reason });
+    }
+
+    fn held(capture: bool, spec: StreamSpec, tlength_bytes: u32) -> Held {
+        Held {
+            capture,
+            spec,
+            tlength_bytes,
+            opened: false,
+            received: 0,
+            played: 0,
+            limit_sent: 0,
+            control: Bucket::new(CONTROL_PER_SEC, CONTROL_BURST),
+        }
+    }
+
+    fn open(
+        &mut self,
+        now_usec: u64,
+        id: StreamId,
+        spec: StreamSpec,
+        tlength_bytes: u32,
+        volume_cap: u8,
+        name: &str,
+    ) {
+        let refusal = self.refusal(now_usec, id, &spec).or_else(|| {
+            (volume_cap != NO_VOLUME_CAP && volume_cap > 100)
+                .then(|| format!("volume cap {volume_cap} % is above 100 %"))
+        });
         if let Some(reason) = refusal {
-            self.counters.refused += 1;
-            self.outbox.push(Report::Failed { id, reason });
+            self.refuse(id, reason);
             return;
         }
         let tlength_bytes = clamp_buffer(&self.limits, &spec, tlength_bytes);
@@ -196,18 +236,47 @@ impl<B: AudioBackend> Player<B> {
         match self.backend.open(id, params) {
             Ok(()) => {
                 self.counters.opened += 1;
-                self.streams.insert(
+                self.streams
+                    .insert(id, Self::held(false, spec, tlength_bytes));
+            }
+            Err(e) => {
+                self.backend.close(id);
+                self.outbox.push(Report::Failed {
                     id,
-                    Held {
-                        spec,
-                        tlength_bytes,
-                        opened: false,
-                        received: 0,
-                        played: 0,
-                        limit_sent: 0,
-                        control: Bucket::new(CONTROL_PER_SEC, CONTROL_BURST),
-                    },
-                );
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Opens a recording stream on the player's own source: the request
+    /// names none. The fragment is clamped to whole frames between one
+    /// frame and [`MAX_FRAGMENT_USEC`].
+    fn open_capture(
+        &mut self,
+        now_usec: u64,
+        id: StreamId,
+        spec: StreamSpec,
+        fragment_bytes: u32,
+        name: &str,
+    ) {
+        if let Some(reason) = self.refusal(now_usec, id, &spec) {
+            self.refuse(id, reason);
+            return;
+        }
+        let frame = spec.frame_size().max(1);
+        let most = u32::try_from(spec.usec_to_bytes(MAX_FRAGMENT_USEC)).unwrap_or(u32::MAX);
+        let fragment_bytes = (fragment_bytes.min(most) / frame * frame).max(frame);
+        let params = CaptureParams {
+            spec: spec.clone(),
+            fragment_bytes,
+            name: text::sanitize(name, MAX_STREAM_NAME * 4),
+        };
+        match self.backend.open_capture(id, params) {
+            Ok(()) => {
+                self.counters.opened += 1;
+                self.streams
+                    .insert(id, Self::held(true, spec, fragment_bytes));
             }
             Err(e) => {
                 self.backend.close(id);
@@ -228,7 +297,9 @@ impl<B: AudioBackend> Player<B> {
         let len = data.len() as u64;
         let ahead_limit =
             u64::from(held.tlength_bytes) * WRITE_AHEAD_BUFFERS + MAX_AUDIO_CHUNK as u64;
-        let broken = if !held.opened {
+        let broken = if held.capture {
+            Some("audio written to a capture stream".to_owned())
+        } else if !held.opened {
             Some("audio before the stream opened".to_owned())
         } else if len == 0 || len % frame != 0 || data.len() > MAX_AUDIO_CHUNK {
             Some(format!(
@@ -259,6 +330,10 @@ impl<B: AudioBackend> Player<B> {
             self.counters.unknown_stream += 1;
             return false;
         };
+        if held.capture {
+            self.fail(id, format!("a {what} request for a capture stream"));
+            return false;
+        }
         if held.control.take(now_usec) {
             return true;
         }
@@ -299,6 +374,35 @@ impl<B: AudioBackend> Player<B> {
             }
         }
         self.events = events;
+        let mut captured = std::mem::take(&mut self.captured);
+        self.backend.take_captured(&mut captured);
+        for (id, c) in captured.drain(..) {
+            let Some(held) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            if !held.capture || !held.opened {
+                continue;
+            }
+            held.received = held.received.saturating_add(c.data.len() as u64);
+            // Each packet's delay is what lies beyond its own end.
+            let frame = frame_of(&held.spec);
+            let mut rest = c.data.as_slice();
+            while !rest.is_empty() {
+                let n = rest.len().min(MAX_CAPTURED_CHUNK / frame * frame);
+                let (chunk, tail) = rest.split_at(n);
+                let beyond = held.spec.bytes_to_usec(tail.len() as u64);
+                self.outbox.push(Report::Captured {
+                    id,
+                    host_time_usec: c.host_time_usec,
+                    delay_usec: c
+                        .delay_usec
+                        .saturating_add(u32::try_from(beyond).unwrap_or(u32::MAX)),
+                    data: chunk.to_vec(),
+                });
+                rest = tail;
+            }
+        }
+        self.captured = captured;
     }
 
     /// A snapshot of every open stream if `due` (the periodic one, for clock
@@ -311,7 +415,7 @@ impl<B: AudioBackend> Player<B> {
     pub fn status(&mut self, due: bool) -> Option<Report> {
         let mut entries = Vec::new();
         for (&id, held) in &mut self.streams {
-            if !held.opened {
+            if !held.opened || held.capture {
                 continue;
             }
             if let Some(status) = self.backend.status(id) {
@@ -336,6 +440,10 @@ impl<B: AudioBackend> Player<B> {
         entries.sort_by_key(|e| e.id);
         Some(Report::Status(entries))
     }
+}
+
+fn frame_of(spec: &StreamSpec) -> usize {
+    usize::try_from(spec.frame_size()).unwrap_or(1).max(1)
 }
 
 /// `tlength_bytes` raised to the floor and cut to the cap as the policy

@@ -60,6 +60,14 @@ pub enum Request {
     Close {
         id: StreamId,
     },
+    /// Record from the player's own configured source (the request cannot
+    /// name one).
+    OpenCapture {
+        id: StreamId,
+        spec: StreamSpec,
+        fragment_bytes: u32,
+        name: String,
+    },
 }
 
 /// One stream's snapshot, as the player sampled it.
@@ -89,7 +97,19 @@ pub enum Report {
         reason: String,
     },
     Status(Vec<StatusEntry>),
+    /// Audio recorded for a capture stream (see [`crate::backend::Captured`]).
+    Captured {
+        id: StreamId,
+        host_time_usec: u64,
+        delay_usec: u32,
+        data: Vec<u8>,
+    },
 }
+
+/// Bytes of a [`Report::Captured`] before its audio.
+pub const CAPTURED_HEADER_LEN: usize = 1 + 8 + 8 + 4;
+/// Most audio one [`Report::Captured`] carries.
+pub const MAX_CAPTURED_CHUNK: usize = MAX_PACKET - CAPTURED_HEADER_LEN;
 
 /// A packet that is not a well-formed message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -113,11 +133,13 @@ mod tag {
     pub const FLUSH: u8 = 4;
     pub const SET_BUFFER: u8 = 5;
     pub const CLOSE: u8 = 6;
+    pub const OPEN_CAPTURE: u8 = 7;
 
     pub const SERVER: u8 = 101;
     pub const OPENED: u8 = 102;
     pub const FAILED: u8 = 103;
     pub const STATUS: u8 = 104;
+    pub const CAPTURED: u8 = 105;
 }
 
 fn format_code(format: SampleFormat) -> u8 {
@@ -160,6 +182,16 @@ impl Writer<'_> {
     }
     fn u64(&mut self, v: u64) -> &mut Self {
         self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// Format code, rate, channel count and map.
+    fn spec(&mut self, spec: &StreamSpec) -> &mut Self {
+        self.u8(format_code(spec.format))
+            .u32(spec.rate)
+            .u8(u8::try_from(spec.channel_map.len()).unwrap_or(u8::MAX));
+        for &position in &spec.channel_map {
+            self.u8(position);
+        }
         self
     }
     /// A u16 length and the bytes of `text`, cut at a character boundary.
@@ -231,6 +263,29 @@ impl<'a> Reader<'a> {
             why: "not UTF-8".to_owned(),
         })
     }
+    /// See [`Writer::spec`]; the values are checked by the player.
+    fn spec(&mut self) -> Result<StreamSpec, WireError> {
+        let format = format_from(self.u8("format")?)?;
+        let rate = self.u32("rate")?;
+        let channels = usize::from(self.u8("channels")?);
+        let channel_map = self.take(channels, "channel map")?.to_vec();
+        Ok(StreamSpec {
+            format,
+            rate,
+            channel_map,
+        })
+    }
+    /// The rest of the packet as audio of at most `max` bytes.
+    fn audio(&mut self, max: usize) -> Result<Vec<u8>, WireError> {
+        let data = self.rest();
+        if data.len() > max {
+            return Err(WireError::Invalid {
+                field: "audio",
+                why: format!("{} bytes, at most {max}", data.len()),
+            });
+        }
+        Ok(data.to_vec())
+    }
     fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.rest)
     }
@@ -258,13 +313,10 @@ impl Request {
             } => {
                 w.u8(tag::OPEN)
                     .u64(*id)
-                    .u8(format_code(spec.format))
-                    .u32(spec.rate)
-                    .u8(u8::try_from(spec.channel_map.len()).unwrap_or(u8::MAX));
-                for &position in &spec.channel_map {
-                    w.u8(position);
-                }
-                w.u32(*tlength_bytes).u8(*volume_cap).text(name, MAX_NAME);
+                    .spec(spec)
+                    .u32(*tlength_bytes)
+                    .u8(*volume_cap)
+                    .text(name, MAX_NAME);
             }
             Request::Write { id, data } => {
                 w.u8(tag::WRITE).u64(*id);
@@ -281,6 +333,18 @@ impl Request {
             }
             Request::Close { id } => {
                 w.u8(tag::CLOSE).u64(*id);
+            }
+            Request::OpenCapture {
+                id,
+                spec,
+                fragment_bytes,
+                name,
+            } => {
+                w.u8(tag::OPEN_CAPTURE)
+                    .u64(*id)
+                    .spec(spec)
+                    .u32(*fragment_bytes)
+                    .text(name, MAX_NAME);
             }
         }
     }
@@ -299,41 +363,23 @@ impl Request {
         let mut r = Reader { rest: packet };
         let tag = r.u8("tag").map_err(|_| WireError::Empty)?;
         let request = match tag {
-            tag::OPEN => {
-                let id = r.u64("stream id")?;
-                let format = format_from(r.u8("format")?)?;
-                let rate = r.u32("rate")?;
-                let channels = usize::from(r.u8("channels")?);
-                let channel_map = r.take(channels, "channel map")?.to_vec();
-                let tlength_bytes = r.u32("tlength")?;
-                let volume_cap = r.u8("volume cap")?;
-                let name = r.text("name", MAX_NAME)?;
-                Request::Open {
-                    id,
-                    spec: StreamSpec {
-                        format,
-                        rate,
-                        channel_map,
-                    },
-                    tlength_bytes,
-                    volume_cap,
-                    name,
-                }
-            }
-            tag::WRITE => {
-                let id = r.u64("stream id")?;
-                let data = r.rest();
-                if data.len() > MAX_AUDIO_CHUNK {
-                    return Err(WireError::Invalid {
-                        field: "audio",
-                        why: format!("{} bytes, at most {MAX_AUDIO_CHUNK}", data.len()),
-                    });
-                }
-                Request::Write {
-                    id,
-                    data: data.to_vec(),
-                }
-            }
+            tag::OPEN => Request::Open {
+                id: r.u64("stream id")?,
+                spec: r.spec()?,
+                tlength_bytes: r.u32("tlength")?,
+                volume_cap: r.u8("volume cap")?,
+                name: r.text("name", MAX_NAME)?,
+            },
+            tag::OPEN_CAPTURE => Request::OpenCapture {
+                id: r.u64("stream id")?,
+                spec: r.spec()?,
+                fragment_bytes: r.u32("fragment")?,
+                name: r.text("name", MAX_NAME)?,
+            },
+            tag::WRITE => Request::Write {
+                id: r.u64("stream id")?,
+                data: r.audio(MAX_AUDIO_CHUNK)?,
+            },
             tag::CORK => Request::Cork {
                 id: r.u64("stream id")?,
                 corked: r.bool("corked")?,
@@ -388,6 +434,19 @@ impl Report {
                         .u8(u8::from(s.playing));
                 }
             }
+            Report::Captured {
+                id,
+                host_time_usec,
+                delay_usec,
+                data,
+            } => {
+                w.u8(tag::CAPTURED)
+                    .u64(*id)
+                    .u64(*host_time_usec)
+                    .u32(*delay_usec);
+                let data = &data[..data.len().min(MAX_CAPTURED_CHUNK)];
+                w.0.extend_from_slice(data);
+            }
         }
     }
 
@@ -437,6 +496,12 @@ impl Report {
                 }
                 Report::Status(entries)
             }
+            tag::CAPTURED => Report::Captured {
+                id: r.u64("stream id")?,
+                host_time_usec: r.u64("host time")?,
+                delay_usec: r.u32("delay")?,
+                data: r.audio(MAX_CAPTURED_CHUNK)?,
+            },
             other => return Err(WireError::UnknownTag(other)),
         };
         r.finish()?;
@@ -485,6 +550,12 @@ mod tests {
                 tlength_bytes: 999,
             },
             Request::Close { id: 6 },
+            Request::OpenCapture {
+                id: 8,
+                spec: spec(),
+                fragment_bytes: 1_764,
+                name: "Mic".to_owned(),
+            },
         ]
     }
 
@@ -508,6 +579,18 @@ mod tests {
                 reason: "gone".to_owned(),
             },
             Report::Status(vec![]),
+            Report::Captured {
+                id: 8,
+                host_time_usec: 77,
+                delay_usec: 12_000,
+                data: vec![1; 8],
+            },
+            Report::Captured {
+                id: 8,
+                host_time_usec: 77,
+                delay_usec: 12_000,
+                data: vec![2; MAX_CAPTURED_CHUNK],
+            },
             Report::Status(vec![
                 StatusEntry {
                     id: 1,
@@ -567,11 +650,21 @@ mod tests {
         }
         for report in reports() {
             report.encode(&mut buf);
-            for cut in 0..buf.len() {
+            // Captured audio is the rest of the packet, like a write's.
+            let captured = matches!(report, Report::Captured { .. });
+            let min = if captured {
+                CAPTURED_HEADER_LEN
+            } else {
+                buf.len()
+            };
+            for cut in 0..min {
                 assert!(Report::decode(&buf[..cut]).is_err(), "{report:?} cut {cut}");
             }
+            let full = buf.len() == MAX_PACKET;
             buf.push(0);
-            assert!(Report::decode(&buf).is_err());
+            if !captured || full {
+                assert!(Report::decode(&buf).is_err(), "{report:?} extended");
+            }
         }
     }
 
