@@ -339,6 +339,9 @@ impl SessionLedger {
                     assert_eq!(i + 1, actions.len(), "actions after Close");
                     self.closed = true;
                 }
+                Action::AdmitCapture { .. } | Action::OpenCapture(_) | Action::CloseCapture => {
+                    panic!("{action:?} on a playback session")
+                }
             }
         }
         assert_eq!(

@@ -632,7 +632,11 @@ allow = false
                 report_quantum_usec: Some(10_000),
             }
         );
-        assert_eq!(p.default_limits.capture, CaptureMode::Deny, "deny by default");
+        assert_eq!(
+            p.default_limits.capture,
+            CaptureMode::Deny,
+            "deny by default"
+        );
         assert_eq!(c.capture_source.as_deref(), Some("alsa_input.mic"));
         assert_eq!(c.capture_allow_monitor, Some(false));
         assert_eq!(

@@ -148,7 +148,10 @@ fn read_line(conn: &mut UnixStream) -> Result<String, String> {
         }
         let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
         let mut fds = [PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
-        match nix::poll::poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+        match nix::poll::poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
             Ok(0) => continue,
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.to_string()),

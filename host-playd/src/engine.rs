@@ -255,7 +255,11 @@ impl Client {
         let capture = if !self.session.is_capture() {
             "-".to_owned()
         } else if mode == CaptureMode::Grant {
-            let granted = if self.granted { "granted" } else { "not granted" };
+            let granted = if self.granted {
+                "granted"
+            } else {
+                "not granted"
+            };
             format!("grant ({granted})")
         } else {
             mode.name().to_owned()
@@ -612,12 +616,31 @@ impl<B: AudioBackend> Engine<B> {
         for (id, event) in events.drain(..) {
             let event = match event {
                 StreamEvent::Opened { buffer_bytes } => Event::StreamOpened { buffer_bytes },
-                StreamEvent::Failed { reason } => Event::StreamFailed { reason },
+                StreamEvent::Failed { reason } => {
+                    self.log_capture_failure(id, &reason);
+                    Event::StreamFailed { reason }
+                }
             };
             let now = self.clock.now_usec();
             self.dispatch(id, now, event);
         }
         self.events = events;
+    }
+
+    /// A capture session's recording stream failed: the session only
+    /// retries, so the reason (say, a monitor refused) is logged here.
+    fn log_capture_failure(&mut self, id: ClientId, reason: &str) {
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if !client.session.is_capture() {
+            return;
+        }
+        let peer = client.peer.clone();
+        if let Some(note) = log_allowed(&mut self.peer_logs, Some(&mut client.logs)) {
+            let reason = bounded_text(reason);
+            log::warn!("client {id} ({peer}): capture unavailable: {reason}{note}");
+        }
     }
 
     /// Hands what the backend recorded to its capture sessions.
@@ -800,7 +823,9 @@ impl<B: AudioBackend> Engine<B> {
                 if let Some(client) = self.clients.get_mut(&id) {
                     client.spec = Some(spec);
                     if let Some(note) = log_allowed(&mut self.peer_logs, Some(&mut client.logs)) {
-                        log::info!("client {id} ({peer}): capture connection (capture = {mode:?}){note}");
+                        log::info!(
+                            "client {id} ({peer}): capture connection (capture = {mode:?}){note}"
+                        );
                     }
                 }
                 Some(Event::CaptureAdmitted {
@@ -893,7 +918,11 @@ impl<B: AudioBackend> Engine<B> {
     /// The refusal for client `id` (which holds a stream now) if that makes
     /// more streams than `max_clients` in all, or than its identity's
     /// `max_streams`.
-    fn over_stream_caps(&self, id: ClientId, limits: &crate::policy::StreamLimits) -> Option<Event> {
+    fn over_stream_caps(
+        &self,
+        id: ClientId,
+        limits: &crate::policy::StreamLimits,
+    ) -> Option<Event> {
         let client = self.clients.get(&id)?;
         let open = self
             .clients

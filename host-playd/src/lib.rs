@@ -26,10 +26,10 @@ pub mod cli;
 pub mod clock;
 /// The configuration file.
 pub mod config;
-/// The control socket and `host-playd ctl`.
-pub mod control;
 /// A guest connection's socket, of any listener kind.
 pub mod connection;
+/// The control socket and `host-playd ctl`.
+pub mod control;
 /// Wiring: listeners, engine thread, shutdown.
 pub mod daemon;
 /// The engine thread: sessions meet the backend.

@@ -371,7 +371,7 @@ impl Drop for Listener {
 }
 
 /// Binds `path` with the file mode 0777 & !`mask` (0666 for guests' 0111,
-    /// 0600 for the control socket's 0177): the umask is `mask` for the
+/// 0600 for the control socket's 0177): the umask is `mask` for the
 /// duration of the call. The umask is process-wide, which is why the daemon
 /// binds before it starts any thread.
 fn bind_unix_with_umask(path: &Path, mask: u32) -> io::Result<UnixListener> {

@@ -8,8 +8,8 @@
 #![forbid(unsafe_code)]
 
 use secure_tunnel_protocol::{
-    Accept, ClockReport, GuestMessage, Hello, HostMessage, RejectReason,
-    StreamSpec, CAPTURE_PROTOCOL_VERSION, MAX_REASON_LEN, MAX_STREAM_NAME, PROTOCOL_VERSION,
+    Accept, ClockReport, GuestMessage, Hello, HostMessage, RejectReason, StreamSpec,
+    CAPTURE_PROTOCOL_VERSION, MAX_REASON_LEN, MAX_STREAM_NAME, PROTOCOL_VERSION,
 };
 
 use crate::backend::{CaptureParams, Captured, StreamParams, StreamStatus};
@@ -89,8 +89,12 @@ pub enum Action {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
-    AwaitHello { deadline_usec: u64 },
-    Opening { deadline_usec: u64 },
+    AwaitHello {
+        deadline_usec: u64,
+    },
+    Opening {
+        deadline_usec: u64,
+    },
     Streaming,
     /// A capture connection after its Accept.
     Capturing,
@@ -377,10 +381,9 @@ impl Session {
                 self.close(&format!("guest said goodbye: {reason}"), false, out);
                 return;
             }
-            Event::Message(other) => Some(format!(
-                "{} on a capture connection",
-                message_name(&other)
-            )),
+            Event::Message(other) => {
+                Some(format!("{} on a capture connection", message_name(&other)))
+            }
             Event::ProtocolError(error) => Some(error),
             Event::StreamOpened { .. } => {
                 capture.opened(now_usec, out);

@@ -219,6 +219,8 @@ impl RawPlayer {
             pulse: host_playd::backend::pulse::PulseConfig {
                 server: Some(server.to_owned()),
                 sink: Some("hostsink".to_owned()),
+                source: None,
+                allow_monitor: false,
             },
             epoch_monotonic_usec: 0,
             nice: None,

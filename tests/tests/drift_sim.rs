@@ -210,6 +210,9 @@ fn simulate(sc: Scenario) -> Outcome {
                     card.as_mut().unwrap().set_tlength(tlength_bytes)
                 }
                 Action::Close { reason, .. } => panic!("host closed the stream: {reason}"),
+                other @ (Action::AdmitCapture { .. }
+                | Action::OpenCapture(_)
+                | Action::CloseCapture) => panic!("{other:?} on a playback session"),
             }
             i += 1;
         }

@@ -36,9 +36,9 @@ use super::{
     AudioBackend, BackendError, CaptureParams, Captured, StreamEvent, StreamId, StreamParams,
     StreamStatus,
 };
-use capture::{Progress, Recorder};
 use crate::clock::HostClock;
 use crate::engine::WakeReceiver;
+use capture::{Progress, Recorder};
 
 /// `PA_PROP_CONTEXT_FORCE_DISABLE_SHM`: libpulse then uses a private
 /// memory pool and negotiates neither shm nor memfd with the server.

@@ -14,9 +14,7 @@ use std::collections::HashMap;
 use secure_tunnel_protocol::{StreamSpec, MAX_AUDIO_CHUNK, MAX_STREAM_NAME};
 
 use super::wire::{Report, Request, StatusEntry, MAX_CAPTURED_CHUNK, NO_VOLUME_CAP};
-use crate::backend::{
-    AudioBackend, CaptureParams, Captured, StreamEvent, StreamId, StreamParams,
-};
+use crate::backend::{AudioBackend, CaptureParams, Captured, StreamEvent, StreamId, StreamParams};
 use crate::budget::Bucket;
 use crate::policy::StreamLimits;
 use crate::text;

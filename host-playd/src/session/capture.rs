@@ -303,8 +303,14 @@ impl Capture {
                 // The audio queued here is also held beyond `sent`.
                 let queued = self.spec.bytes_to_usec(self.queue.len() as u64);
                 let running = now_usec.saturating_sub(at) < STALL_USEC;
-                let since = if running { now_usec.saturating_sub(at) } else { 0 };
-                let delay = u64::from(delay).saturating_add(queued).saturating_add(since);
+                let since = if running {
+                    now_usec.saturating_sub(at)
+                } else {
+                    0
+                };
+                let delay = u64::from(delay)
+                    .saturating_add(queued)
+                    .saturating_add(since);
                 (u32::try_from(delay).unwrap_or(u32::MAX), running)
             }
             _ => (0, false),

@@ -118,6 +118,11 @@ pub fn have_pulseaudio() -> bool {
 
 impl PrivatePulse {
     pub fn start(dir: &Path) -> PrivatePulse {
+        PrivatePulse::start_with(dir, &[])
+    }
+
+    /// [`PrivatePulse::start`] with more modules loaded (`-L` each).
+    pub fn start_with(dir: &Path, modules: &[&str]) -> PrivatePulse {
         for sub in ["home", "runtime", "state"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
@@ -144,6 +149,7 @@ impl PrivatePulse {
                 "-L",
                 "module-null-sink sink_name=hostsink rate=48000 channels=2 format=s16le norewinds=1",
             ])
+            .args(modules.iter().flat_map(|m| ["-L", m]))
             .envs(pulse_env(dir))
             .env_remove("PULSE_SERVER")
             .stdin(Stdio::null())

@@ -50,7 +50,9 @@ pub(super) struct Recorder {
 pub(super) enum Progress {
     Nothing,
     /// The stream records; the fragment the server granted.
-    Opened { fragment_bytes: u32 },
+    Opened {
+        fragment_bytes: u32,
+    },
     Failed(String),
 }
 
@@ -66,14 +68,12 @@ impl Recorder {
                 match item {
                     ListResult::Item(info) => {
                         *result = Lookup::Found {
-                            monitor_of: info
-                                .monitor_of_sink
-                                .map(|_| {
-                                    info.monitor_of_sink_name
-                                        .as_deref()
-                                        .unwrap_or("a sink")
-                                        .to_owned()
-                                }),
+                            monitor_of: info.monitor_of_sink.map(|_| {
+                                info.monitor_of_sink_name
+                                    .as_deref()
+                                    .unwrap_or("a sink")
+                                    .to_owned()
+                            }),
                         };
                     }
                     ListResult::End | ListResult::Error => {
