@@ -15,7 +15,9 @@
 //!   arbitrary sequence of guest messages, backend events and clock steps;
 //! - [`module_engine`]: the guest module's IO-thread engine attached to a
 //!   fake host (the other end of a unix socket pair) that sends it arbitrary
-//!   bytes and messages while time and rendering advance arbitrarily.
+//!   bytes and messages while time and rendering advance arbitrarily;
+//! - [`capture_host_session`]: the same host state machine as a capture
+//!   connection (protocol version 2), see `capture_host.rs`.
 
 use std::io::{Cursor, Read, Write};
 
@@ -27,6 +29,9 @@ use secure_tunnel_protocol::{
     ProtocolError, RejectReason, SampleFormat, StreamSpec, WireMessage, MAGIC, MAX_AUDIO_CHUNK,
     MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
+
+mod capture_host;
+pub use capture_host::capture_host_session;
 
 // ---------------------------------------------------------------------------
 // frame decoder

@@ -769,6 +769,9 @@ impl<B: AudioBackend> Engine<B> {
                 limits.apply(&mut params);
                 if let Some(client) = self.clients.get_mut(&id) {
                     client.spec = Some(params.spec.clone());
+                    client
+                        .session
+                        .set_report_quantum(limits.report_quantum_usec.unwrap_or(0));
                 }
                 if let Some(percent) = limits.volume_percent {
                     self.backend.set_volume_cap(id, percent);

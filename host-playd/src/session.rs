@@ -119,6 +119,8 @@ pub struct Session {
     capture: Option<Capture>,
     /// The capture Hello's target latency, until the Accept.
     capture_latency_usec: u64,
+    /// Privacy: clock reports' times rounded to this many µs (0: exact).
+    report_quantum_usec: u64,
 }
 
 impl Session {
@@ -140,6 +142,7 @@ impl Session {
             clock_dirty: false,
             capture: None,
             capture_latency_usec: 0,
+            report_quantum_usec: 0,
         }
     }
 
@@ -175,6 +178,12 @@ impl Session {
     /// Audio bytes received from the guest since the handshake.
     pub fn received_bytes(&self) -> u64 {
         self.received_bytes
+    }
+
+    /// Rounds the times of this session's playback clock reports to
+    /// `quantum_usec` (policy `report_quantum_ms`; 0: exact).
+    pub fn set_report_quantum(&mut self, quantum_usec: u64) {
+        self.report_quantum_usec = quantum_usec;
     }
 
     /// The cumulative credit granted so far.
@@ -535,11 +544,16 @@ impl Session {
             self.last_clock_usec = Some(status.host_time_usec);
             self.last_playing = status.playing;
             self.clock_dirty = false;
+            let (host_time_usec, device_latency_usec) = round_report(
+                self.report_quantum_usec,
+                status.host_time_usec,
+                status.device_latency_usec,
+            );
             out.push(Action::Send(HostMessage::Clock(ClockReport {
-                host_time_usec: status.host_time_usec,
+                host_time_usec,
                 received_bytes: self.received_bytes,
                 played_bytes: self.played_bytes,
-                device_latency_usec: status.device_latency_usec,
+                device_latency_usec,
                 underruns: status.underruns,
                 playing: status.playing,
             })));
@@ -623,6 +637,25 @@ pub fn message_name(message: &GuestMessage) -> &'static str {
 /// [`MAX_REASON_LEN`] bytes.
 pub fn bounded_text(text: &str) -> String {
     sanitize(text, MAX_REASON_LEN)
+}
+
+/// Privacy (policy `report_quantum_ms`): a report's host time rounded down
+/// to a multiple of `quantum_usec`, and its latency to the multiple that
+/// puts time plus latency (when the reported byte is heard, or was
+/// recorded) nearest to the truth. A guest so learns the host's sound-card
+/// state (its latency, when it ran dry) only to a quantum, and what it
+/// derives moves by at most half a quantum. Over many reports the guest's
+/// estimator still averages out the card's long-term rate: that is not
+/// hidden (docs/threat-model.md).
+pub fn round_report(quantum_usec: u64, host_time_usec: u64, latency_usec: u32) -> (u64, u32) {
+    let q = quantum_usec;
+    if q == 0 {
+        return (host_time_usec, latency_usec);
+    }
+    let time = host_time_usec / q * q;
+    let head = host_time_usec.saturating_add(u64::from(latency_usec));
+    let latency = (head - time).saturating_add(q / 2) / q * q;
+    (time, u32::try_from(latency).unwrap_or(u32::MAX))
 }
 
 #[cfg(test)]

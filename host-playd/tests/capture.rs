@@ -447,3 +447,183 @@ fn the_control_socket_is_private() {
     assert!(!ok, "{text}");
     let _ = Path::new(&s.control);
 }
+
+/// A second capture guest recording on a thread while another guest
+/// misbehaves: how many bytes it got, in what time.
+fn neighbour(socket: &Path, stop: Arc<AtomicBool>) -> thread::JoinHandle<(usize, Duration)> {
+    let mut guest = Guest::connect(socket);
+    accept(&mut guest);
+    guest.send(&GuestMessage::CaptureCredit {
+        limit_bytes: 64 * 1024,
+    });
+    guest.send(&GuestMessage::Uncork);
+    thread::spawn(move || {
+        let start = Instant::now();
+        let mut got = 0usize;
+        while !stop.load(Ordering::SeqCst) {
+            match guest.recv(Duration::from_millis(100)) {
+                Some(HostMessage::CaptureData(data)) => {
+                    got += data.len();
+                    guest.send(&GuestMessage::CaptureCredit {
+                        limit_bytes: got as u64 + 64 * 1024,
+                    });
+                }
+                Some(HostMessage::CaptureClock(report)) => {
+                    assert!(report.sent_bytes <= got as u64 + 64 * 1024);
+                }
+                Some(HostMessage::Goodbye { reason }) => panic!("neighbour closed: {reason}"),
+                _ => {}
+            }
+        }
+        (got, start.elapsed())
+    })
+}
+
+fn frames(messages: &[GuestMessage]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for m in messages {
+        secure_tunnel_protocol::encode_frame(m, &mut buf).unwrap();
+    }
+    buf
+}
+
+/// Whether the host said goodbye (or closed) naming `why`.
+fn closed_with(guest: &Guest, why: &str) -> bool {
+    let got = guest
+        .wait_closed(Duration::from_secs(5))
+        .expect("the host kept the connection open");
+    got.iter().any(|m| match m {
+        HostMessage::Goodbye { reason } => reason.contains(why),
+        HostMessage::Reject { message, .. } => message.contains(why),
+        _ => false,
+    })
+}
+
+#[test]
+fn hostile_capture_guests_are_closed_alone_and_leave_no_recording_stream() {
+    let s = stack("[defaults]\ncapture = \"allow\"\n", "mic", &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = s.feed(Vec::new(), Arc::clone(&stop));
+    let watch = neighbour(&s.socket, Arc::clone(&stop));
+    s.await_source_outputs(1, Duration::from_secs(3));
+    let mut most = 1;
+
+    // 1. Cork/Uncork at full speed: 20,000 toggles in one write.
+    let mut flood = Guest::connect(&s.socket);
+    accept(&mut flood);
+    let toggles: Vec<GuestMessage> = (0..20_000)
+        .map(|i| {
+            if i % 2 == 0 {
+                GuestMessage::Uncork
+            } else {
+                GuestMessage::Cork
+            }
+        })
+        .collect();
+    let _ = flood.stream.write_all(&frames(&toggles));
+    for _ in 0..20 {
+        most = most.max(s.source_outputs());
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(closed_with(&flood, "over budget"), "{}", s.playd.stderr());
+
+    // 2. CaptureCredit at full speed.
+    let mut flood = Guest::connect(&s.socket);
+    accept(&mut flood);
+    flood.send(&GuestMessage::Uncork);
+    let credits: Vec<GuestMessage> = (1..=100_000u64)
+        .map(|i| GuestMessage::CaptureCredit { limit_bytes: i * 4 })
+        .collect();
+    let _ = flood.stream.write_all(&frames(&credits));
+    most = most.max(s.source_outputs());
+    assert!(closed_with(&flood, "over budget"), "{}", s.playd.stderr());
+
+    // 3. Credit far beyond anything: data still comes at the source's pace.
+    let mut greedy = Guest::connect(&s.socket);
+    accept(&mut greedy);
+    greedy.send(&GuestMessage::CaptureCredit {
+        limit_bytes: u64::MAX / 4 * 4,
+    });
+    greedy.send(&GuestMessage::Uncork);
+    let _ = state(&greedy, Duration::from_secs(3));
+    let t = Instant::now();
+    let mut got = 0usize;
+    while t.elapsed() < Duration::from_millis(1000) {
+        if let Some(HostMessage::CaptureData(d)) = greedy.recv(Duration::from_millis(50)) {
+            got += d.len();
+        }
+    }
+    most = most.max(s.source_outputs());
+    let ms = got / BYTES_PER_MS;
+    assert!(ms <= 1300, "{ms} ms of audio in 1 s");
+    drop(greedy);
+
+    // 4. Wrong order: playback messages on a capture connection, credit
+    //    before any Hello, a second CaptureHello.
+    let wrong: [(Vec<GuestMessage>, &str); 4] = [
+        (vec![GuestMessage::Audio(vec![0; 4])], "Audio"),
+        (vec![GuestMessage::Flush], "Flush"),
+        (
+            vec![GuestMessage::CaptureHello(capture_hello())],
+            "CaptureHello",
+        ),
+        (vec![GuestMessage::Hello(common::hello(40_000))], "Hello"),
+    ];
+    for (messages, name) in wrong {
+        let mut bad = Guest::connect(&s.socket);
+        accept(&mut bad);
+        bad.send(&GuestMessage::Uncork);
+        let _ = bad.stream.write_all(&frames(&messages));
+        assert!(closed_with(&bad, name), "{name}: {}", s.playd.stderr());
+    }
+    let mut early = Guest::connect(&s.socket);
+    early.send(&GuestMessage::CaptureCredit { limit_bytes: 4096 });
+    assert!(closed_with(&early, "Hello"), "{}", s.playd.stderr());
+
+    // 5. Closes at every point: right after CaptureHello (while policy and
+    //    the Accept are on their way), right after Uncork (while the
+    //    recording stream is being created), and after Attached.
+    for i in 0..60 {
+        let mut g = Guest::connect(&s.socket);
+        match i % 3 {
+            0 => g.send(&GuestMessage::CaptureHello(capture_hello())),
+            1 => {
+                let hello = frames(&[
+                    GuestMessage::CaptureHello(capture_hello()),
+                    GuestMessage::CaptureCredit { limit_bytes: 4096 },
+                    GuestMessage::Uncork,
+                ]);
+                g.send_raw(&hello);
+            }
+            _ => {
+                accept(&mut g);
+                g.send(&GuestMessage::Uncork);
+                let _ = g.wait_for(Duration::from_secs(2), |m| match m {
+                    HostMessage::CaptureState {
+                        state: CaptureState::Attached,
+                    } => Some(()),
+                    _ => None,
+                });
+            }
+        }
+        drop(g);
+        most = most.max(s.source_outputs());
+    }
+    // Only the neighbour's recording stream remains.
+    s.await_source_outputs(1, Duration::from_secs(3));
+    assert!(most <= 3, "{most} source-outputs at once");
+
+    stop.store(true, Ordering::SeqCst);
+    let (got, took) = watch.join().unwrap();
+    let heard_ms = got / BYTES_PER_MS;
+    let took_ms = took.as_millis() as usize;
+    eprintln!("neighbour recorded {heard_ms} ms in {took_ms} ms; most source-outputs {most}");
+    assert!(
+        heard_ms * 10 >= took_ms * 9,
+        "the neighbour got {heard_ms} ms of audio in {took_ms} ms"
+    );
+    let _ = feeder.join();
+    s.await_source_outputs(0, Duration::from_secs(2));
+    let lines = s.playd.stderr().lines().count();
+    assert!(lines < 1_000, "{lines} log lines");
+}

@@ -62,3 +62,8 @@ fn host_session_corpus() {
 fn module_engine_corpus() {
     replay("module_engine", harness::module_engine);
 }
+
+#[test]
+fn capture_host_session_corpus() {
+    replay("capture_host_session", harness::capture_host_session);
+}

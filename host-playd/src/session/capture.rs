@@ -15,7 +15,7 @@ use secure_tunnel_protocol::{
     CaptureReport, CaptureState, HostMessage, StreamSpec, MAX_AUDIO_CHUNK,
 };
 
-use super::{Action, CLOCK_INTERVAL_PLAYING_USEC, CLOCK_SLACK_USEC};
+use super::{round_report, Action, CLOCK_INTERVAL_PLAYING_USEC, CLOCK_SLACK_USEC};
 use crate::backend::{CaptureParams, Captured};
 
 /// After the recording stream failed, how long before it is tried again
@@ -24,6 +24,13 @@ pub const RETRY_USEC: u64 = 2_000_000;
 /// No audio from the recording stream for this long: the capture clock is
 /// reported as not running.
 pub const STALL_USEC: u64 = 200_000;
+/// The least time between two openings of the recording stream. A guest
+/// toggling Cork/Uncork at full speed (within its control budget) would
+/// otherwise make the host's sound server create and destroy a
+/// source-output for each toggle, and the host's recording indicator
+/// flicker; with this, at most 4 opens a second per connection, the
+/// latest wish winning. Closing is never delayed.
+pub const MIN_REOPEN_USEC: u64 = 250_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -46,6 +53,9 @@ pub struct Capture {
     phase: Phase,
     /// The recording stream failed; retried at this host time.
     retry_at: Option<u64>,
+    /// The recording stream is not opened again before this host time
+    /// ([`MIN_REOPEN_USEC`] after the last opening).
+    reopen_at: u64,
     told: Option<CaptureState>,
     credit: u64,
     sent: u64,
@@ -88,6 +98,7 @@ impl Capture {
             permitted,
             phase: Phase::Closed,
             retry_at: None,
+            reopen_at: 0,
             told: None,
             credit: 0,
             sent: 0,
@@ -224,6 +235,9 @@ impl Capture {
         if self.retry_at.is_some_and(|at| now_usec >= at) {
             self.retry_at = None;
             self.update(now_usec, out);
+        } else if self.phase == Phase::Closed && self.wants && self.permitted {
+            // An opening held back by MIN_REOPEN_USEC.
+            self.update(now_usec, out);
         }
         if self.phase == Phase::Open {
             self.report(now_usec, false, out);
@@ -243,8 +257,9 @@ impl Capture {
     fn update(&mut self, now_usec: u64, out: &mut Vec<Action>) {
         let wanted = self.wants && self.permitted;
         match (wanted, self.phase) {
-            (true, Phase::Closed) if self.retry_at.is_none() => {
+            (true, Phase::Closed) if self.retry_at.is_none() && now_usec >= self.reopen_at => {
                 self.phase = Phase::Opening;
+                self.reopen_at = now_usec.saturating_add(MIN_REOPEN_USEC);
                 self.last_clock_usec = None;
                 out.push(Action::OpenCapture(CaptureParams {
                     spec: self.spec.clone(),
@@ -281,13 +296,18 @@ impl Capture {
         }
     }
 
-    /// Sends queued audio within the credit, in whole frames.
+    /// Sends queued audio within the credit, in whole frames, and in pieces
+    /// of at least one fragment unless all that is queued fits: a guest
+    /// raising its credit a frame at a time must not get a message per
+    /// frame (its control budget bounds its own messages, this bounds the
+    /// host's answers to the pace of the recording).
     fn send_queued(&mut self, out: &mut Vec<Action>) {
         let frame = self.spec.frame_size().max(1) as usize;
+        let fragment = (self.fragment_bytes as usize).min(MAX_AUDIO_CHUNK);
         loop {
             let room = usize::try_from(self.credit.saturating_sub(self.sent)).unwrap_or(usize::MAX);
             let n = self.queue.len().min(room).min(MAX_AUDIO_CHUNK) / frame * frame;
-            if n == 0 {
+            if n == 0 || (n < fragment && n < self.queue.len()) {
                 return;
             }
             let chunk: Vec<u8> = self.queue.drain(..n).collect();
@@ -326,7 +346,7 @@ impl Capture {
         }
         self.last_clock_usec = Some(now_usec);
         self.last_running = running;
-        let (host_time_usec, delay_usec) = self.rounded(now_usec, delay_usec);
+        let (host_time_usec, delay_usec) = round_report(self.quantum_usec, now_usec, delay_usec);
         out.push(Action::Send(HostMessage::CaptureClock(CaptureReport {
             host_time_usec,
             sent_bytes: self.sent,
@@ -335,17 +355,7 @@ impl Capture {
             running,
         })));
     }
-
-    /// Privacy: the report's time rounded down to the quantum and its delay
-    /// to the nearest multiple. The sum (the capture head's time, which the
-    /// guest's latency rests on) moves by less than one quantum.
-    fn rounded(&self, host_time_usec: u64, delay_usec: u32) -> (u64, u32) {
-        let q = self.quantum_usec;
-        if q == 0 {
-            return (host_time_usec, delay_usec);
-        }
-        let time = host_time_usec / q * q;
-        let delay = (u64::from(delay_usec) + q / 2) / q * q;
-        (time, u32::try_from(delay).unwrap_or(u32::MAX))
-    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
 
-use secure_tunnel_protocol::{Hello, SampleFormat, MAGIC};
+use secure_tunnel_protocol::{CaptureState, Hello, SampleFormat, MAGIC};
 
 use super::*;
 
@@ -616,5 +616,182 @@ fn exhaustive_event_orders_keep_invariants() {
                 }
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// privacy rounding and capture connections
+
+#[test]
+fn report_rounding_keeps_time_plus_latency_within_half_a_quantum() {
+    assert_eq!(round_report(0, 12_345, 678), (12_345, 678));
+    let q = 10_000;
+    for time in (0..200_000u64).step_by(1_237) {
+        for latency in (0..90_000u32).step_by(3_331) {
+            let (t, l) = round_report(q, time, latency);
+            assert_eq!(t % q, 0);
+            assert_eq!(u64::from(l) % q, 0);
+            assert!(t <= time && time - t < q);
+            let truth = (time + u64::from(latency)) as i64;
+            let shown = (t + u64::from(l)) as i64;
+            assert!((truth - shown).abs() <= (q / 2) as i64, "{time} {latency}");
+        }
+    }
+    // Saturates instead of wrapping.
+    assert_eq!(round_report(q, u64::MAX, u32::MAX).0 % q, 0);
+}
+
+#[test]
+fn playback_clock_reports_are_rounded_to_the_policy_quantum() {
+    let mut s = streaming();
+    s.set_report_quantum(20_000);
+    let out = run(&mut s, 100_000, status(123_456, 0, 0, true));
+    let report = out
+        .iter()
+        .find_map(|a| match a {
+            Action::Send(HostMessage::Clock(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(report.host_time_usec, 120_000);
+    // 123,456 + 1,234 = 124,690, nearest from 120,000 in 20 ms steps: 0.
+    assert_eq!(report.device_latency_usec, 0);
+}
+
+fn capture_hello(version: u16) -> GuestMessage {
+    GuestMessage::CaptureHello(Hello { version, ..hello() })
+}
+
+/// A capture session past its Accept, allowed to record.
+fn capturing() -> Session {
+    let mut s = Session::new(0, TIMEOUT, PEER);
+    let out = msg(&mut s, 10, capture_hello(CAPTURE_PROTOCOL_VERSION));
+    assert!(matches!(out.as_slice(), [Action::AdmitCapture { .. }]));
+    let out = run(
+        &mut s,
+        20,
+        Event::CaptureAdmitted {
+            permitted: true,
+            quantum_usec: 0,
+        },
+    );
+    assert!(
+        matches!(
+            out.as_slice(),
+            [
+                Action::Send(HostMessage::Accept(Accept { version: 2, .. })),
+                Action::Send(HostMessage::CaptureState {
+                    state: CaptureState::Idle
+                })
+            ]
+        ),
+        "{out:?}"
+    );
+    assert!(s.is_capture());
+    s
+}
+
+#[test]
+fn a_capture_hello_of_version_1_is_refused() {
+    let mut s = Session::new(0, TIMEOUT, PEER);
+    let out = msg(&mut s, 10, capture_hello(PROTOCOL_VERSION));
+    assert!(
+        out.iter().any(|a| matches!(
+            a,
+            Action::Send(HostMessage::Reject {
+                reason: RejectReason::UnsupportedVersion,
+                ..
+            })
+        )),
+        "{out:?}"
+    );
+    assert!(s.is_closed());
+}
+
+#[test]
+fn playback_only_messages_on_a_capture_connection_close_it_and_its_recording() {
+    let violations = [
+        GuestMessage::Audio(vec![0; 4]),
+        GuestMessage::Flush,
+        GuestMessage::Hello(hello()),
+        capture_hello(CAPTURE_PROTOCOL_VERSION),
+    ];
+    for bad in violations {
+        let mut s = capturing();
+        msg(&mut s, 30, GuestMessage::Uncork);
+        assert!(s.capture().unwrap().recording());
+        let out = msg(&mut s, 40, bad.clone());
+        let close_at = out
+            .iter()
+            .position(|a| matches!(a, Action::Close { .. }))
+            .unwrap_or_else(|| panic!("{bad:?} did not close: {out:?}"));
+        let stop_at = out
+            .iter()
+            .position(|a| matches!(a, Action::CloseCapture))
+            .unwrap_or_else(|| panic!("{bad:?} left the recording open: {out:?}"));
+        assert!(stop_at < close_at);
+        assert!(is_close(&out, true), "{bad:?} is the guest's fault");
+    }
+}
+
+#[test]
+fn capture_credit_on_a_playback_connection_closes_it() {
+    let mut s = streaming();
+    let out = msg(
+        &mut s,
+        40,
+        GuestMessage::CaptureCredit {
+            limit_bytes: 1 << 20,
+        },
+    );
+    assert!(is_close(&out, true), "{out:?}");
+}
+
+#[test]
+fn closing_a_capture_connection_at_every_point_leaves_no_recording_stream() {
+    // Goodbye before admission, after the Accept, while opening and while
+    // recording; then shutdown in the same places.
+    for end in 0..8 {
+        let mut s = Session::new(0, TIMEOUT, PEER);
+        let mut all = msg(&mut s, 10, capture_hello(CAPTURE_PROTOCOL_VERSION));
+        let finish = |s: &mut Session, all: &mut Vec<Action>| {
+            let event = if end < 4 {
+                Event::Message(GuestMessage::Goodbye {
+                    reason: "bye".into(),
+                })
+            } else {
+                Event::Shutdown
+            };
+            all.extend(run(s, 99, event));
+        };
+        if end % 4 == 0 {
+            finish(&mut s, &mut all);
+        } else {
+            all.extend(run(
+                &mut s,
+                20,
+                Event::CaptureAdmitted {
+                    permitted: true,
+                    quantum_usec: 0,
+                },
+            ));
+            if end % 4 >= 2 {
+                all.extend(msg(&mut s, 30, GuestMessage::Uncork));
+            }
+            if end % 4 == 3 {
+                all.extend(run(&mut s, 40, Event::StreamOpened { buffer_bytes: 0 }));
+            }
+            finish(&mut s, &mut all);
+        }
+        let opened = all
+            .iter()
+            .filter(|a| matches!(a, Action::OpenCapture(_)))
+            .count();
+        let closed = all
+            .iter()
+            .filter(|a| matches!(a, Action::CloseCapture))
+            .count();
+        assert_eq!(opened, closed, "case {end}: {all:?}");
+        assert!(s.is_closed(), "case {end}");
     }
 }
