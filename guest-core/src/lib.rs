@@ -4,6 +4,8 @@
 //! (`module-secure-tunnel-sink`) and the PipeWire service
 //! (`secure-tunnel-pipewire`).
 //!
+//! - [`capture`]: one capture (microphone) connection's protocol, credit
+//!   and latency state (pure);
 //! - [`config`]: the tunnel's settings, validated (pure);
 //! - [`engine`]: rendering, flow control, latency, reconnection; a front end
 //!   calls it with the current time and moves audio in and out;
@@ -12,6 +14,7 @@
 //!   handshake.
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod config;
 pub mod engine;
 pub mod session;
