@@ -10,10 +10,10 @@ use arbitrary::{Result as ArbResult, Unstructured};
 use host_playd::backend::Captured;
 use host_playd::session::{Action, Event, Session};
 use secure_tunnel_protocol::{
-    encode_frame, GuestMessage, HostMessage, CAPTURE_PROTOCOL_VERSION, MAGIC, MAX_AUDIO_CHUNK,
+    encode_frame, GuestMessage, HostMessage, CAPTURE_PROTOCOL_VERSION, MAX_AUDIO_CHUNK,
 };
 
-use super::{arb_guest_message, arb_reject, arb_spec, arb_text};
+use super::{arb_guest_message, arb_hello, arb_reject, arb_text};
 
 /// Drives one capture [`Session`] through an arbitrary sequence of events.
 pub fn capture_host_session(data: &[u8]) {
@@ -22,25 +22,11 @@ pub fn capture_host_session(data: &[u8]) {
 }
 
 fn arb_capture_hello(u: &mut Unstructured<'_>) -> ArbResult<GuestMessage> {
-    Ok(GuestMessage::CaptureHello(secure_tunnel_protocol::Hello {
-        magic: if u.ratio(31, 32)? {
-            MAGIC
-        } else {
-            u.arbitrary()?
-        },
-        version: if u.ratio(7, 8)? {
-            CAPTURE_PROTOCOL_VERSION
-        } else {
-            u.arbitrary()?
-        },
-        spec: arb_spec(u)?,
-        target_latency_usec: if u.ratio(3, 4)? {
-            u.int_in_range(1_000..=2_000_000)?
-        } else {
-            u.arbitrary()?
-        },
-        stream_name: arb_text(u)?,
-    }))
+    Ok(GuestMessage::CaptureHello(arb_hello(
+        u,
+        CAPTURE_PROTOCOL_VERSION,
+        2_000_000,
+    )?))
 }
 
 fn arb_message(u: &mut Unstructured<'_>, frame: u64, credit: &mut u64) -> ArbResult<GuestMessage> {

@@ -183,27 +183,34 @@ fn arb_text(u: &mut Unstructured<'_>) -> ArbResult<String> {
     Ok(String::from_utf8_lossy(bytes).into_owned())
 }
 
+/// A Hello that is mostly right: `version` and a latency up to
+/// `max_latency_usec` most of the time, anything sometimes. Shared by the
+/// playback and the capture harnesses.
+fn arb_hello(u: &mut Unstructured<'_>, version: u16, max_latency_usec: u32) -> ArbResult<Hello> {
+    Ok(Hello {
+        magic: if u.ratio(15, 16)? {
+            MAGIC
+        } else {
+            u.arbitrary()?
+        },
+        version: if u.ratio(7, 8)? {
+            version
+        } else {
+            u.arbitrary()?
+        },
+        spec: arb_spec(u)?,
+        target_latency_usec: if u.ratio(3, 4)? {
+            u.int_in_range(1_000..=max_latency_usec)?
+        } else {
+            u.arbitrary()?
+        },
+        stream_name: arb_text(u)?,
+    })
+}
+
 fn arb_guest_message(u: &mut Unstructured<'_>, frame: usize) -> ArbResult<GuestMessage> {
     Ok(match u.int_in_range(0..=8)? {
-        0 => GuestMessage::Hello(Hello {
-            magic: if u.ratio(15, 16)? {
-                MAGIC
-            } else {
-                u.arbitrary()?
-            },
-            version: if u.ratio(7, 8)? {
-                PROTOCOL_VERSION
-            } else {
-                u.arbitrary()?
-            },
-            spec: arb_spec(u)?,
-            target_latency_usec: if u.ratio(3, 4)? {
-                u.int_in_range(1_000..=10_000_000)?
-            } else {
-                u.arbitrary()?
-            },
-            stream_name: arb_text(u)?,
-        }),
+        0 => GuestMessage::Hello(arb_hello(u, PROTOCOL_VERSION, 10_000_000)?),
         1..=3 => {
             // Mostly whole frames of a plausible size, sometimes anything.
             let len = if u.ratio(7, 8)? {
