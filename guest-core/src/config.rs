@@ -16,6 +16,10 @@ pub const RECONNECT_MSEC_RANGE: std::ops::RangeInclusive<u32> = 100..=60_000;
 pub const DEFAULT_MAX_LATENCY_MSEC: u32 = 2_000;
 /// Default `sink_name`.
 pub const DEFAULT_SINK_NAME: &str = "secure_tunnel";
+/// Default `source_name` of the capture (microphone) module.
+pub const DEFAULT_SOURCE_NAME: &str = "secure_tunnel_mic";
+/// Default capture latency target: what a call needs, a few host fragments.
+pub const DEFAULT_CAPTURE_LATENCY_MSEC: u32 = 40;
 
 /// A configuration error, phrased for the log line that makes `load-module`
 /// fail.
@@ -104,7 +108,7 @@ fn parse_msec(
     Ok(n)
 }
 
-fn check_sink_name(name: &str) -> Result<(), ConfigError> {
+fn check_name(key: &'static str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name
@@ -114,7 +118,7 @@ fn check_sink_name(name: &str) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError::BadValue {
-            key: "sink_name",
+            key,
             value: name.to_owned(),
             reason: "use 1 to 128 characters from A-Z a-z 0-9 _ - .".to_owned(),
         })
@@ -130,7 +134,7 @@ impl TunnelConfig {
             .ok_or(ConfigError::MissingServer)
             .and_then(parse_server)?;
         let sink_name = args.sink_name.unwrap_or(DEFAULT_SINK_NAME);
-        check_sink_name(sink_name)?;
+        check_name("sink_name", sink_name)?;
         let latency_msec = parse_msec(
             "latency_msec",
             args.latency_msec,
@@ -171,6 +175,56 @@ impl TunnelConfig {
             )?,
             min_latency_msec,
             max_latency_msec,
+        })
+    }
+}
+
+/// The raw text of the capture module's own arguments.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CaptureRawArgs<'a> {
+    pub server: Option<&'a str>,
+    pub source_name: Option<&'a str>,
+    pub latency_msec: Option<&'a str>,
+    pub reconnect_interval_msec: Option<&'a str>,
+}
+
+/// The validated settings of a capture tunnel (`module-secure-tunnel-source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureConfig {
+    pub server: ServerAddr,
+    pub source_name: String,
+    /// The capture latency target announced to the host; it sizes the
+    /// host's recording fragments and the guest's credit window.
+    pub latency_msec: u32,
+    pub reconnect_interval_msec: u32,
+}
+
+impl CaptureConfig {
+    /// Validates the arguments, applying the documented defaults (the same
+    /// grammar and ranges as the sink's).
+    pub fn from_args(args: CaptureRawArgs<'_>) -> Result<Self, ConfigError> {
+        let server = args
+            .server
+            .filter(|s| !s.is_empty())
+            .ok_or(ConfigError::MissingServer)
+            .and_then(parse_server)?;
+        let source_name = args.source_name.unwrap_or(DEFAULT_SOURCE_NAME);
+        check_name("source_name", source_name)?;
+        Ok(CaptureConfig {
+            server,
+            source_name: source_name.to_owned(),
+            latency_msec: parse_msec(
+                "latency_msec",
+                args.latency_msec,
+                DEFAULT_CAPTURE_LATENCY_MSEC,
+                LATENCY_MSEC_RANGE,
+            )?,
+            reconnect_interval_msec: parse_msec(
+                "reconnect_interval_msec",
+                args.reconnect_interval_msec,
+                DEFAULT_RECONNECT_MSEC,
+                RECONNECT_MSEC_RANGE,
+            )?,
         })
     }
 }
@@ -303,5 +357,35 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("sink_name=bad name"));
+    }
+
+    #[test]
+    fn capture_defaults_and_errors_name_the_source() {
+        let cfg = CaptureConfig::from_args(CaptureRawArgs {
+            server: Some("vsock:2:5000"),
+            ..CaptureRawArgs::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.source_name, DEFAULT_SOURCE_NAME);
+        assert_eq!(cfg.latency_msec, DEFAULT_CAPTURE_LATENCY_MSEC);
+        assert_eq!(cfg.reconnect_interval_msec, DEFAULT_RECONNECT_MSEC);
+        assert_eq!(
+            CaptureConfig::from_args(CaptureRawArgs::default()),
+            Err(ConfigError::MissingServer)
+        );
+        let err = CaptureConfig::from_args(CaptureRawArgs {
+            server: Some("unix:/s"),
+            source_name: Some("mic 1"),
+            ..CaptureRawArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("source_name=mic 1"), "{err}");
+        let err = CaptureConfig::from_args(CaptureRawArgs {
+            server: Some("unix:/s"),
+            latency_msec: Some("5"),
+            ..CaptureRawArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("latency_msec=5"), "{err}");
     }
 }

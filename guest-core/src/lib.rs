@@ -10,6 +10,8 @@
 //! - [`engine`]: rendering, flow control, latency, reconnection; a front end
 //!   calls it with the current time and moves audio in and out;
 //! - [`session`]: one connection's protocol and timing state (pure);
+//! - [`source`]: the capture source's IO-thread logic (connection, what to
+//!   post, latency);
 //! - [`transport`]: sockets, connecting (on a helper thread) and the
 //!   handshake.
 #![forbid(unsafe_code)]
@@ -18,4 +20,5 @@ pub mod capture;
 pub mod config;
 pub mod engine;
 pub mod session;
+pub mod source;
 pub mod transport;

@@ -172,29 +172,59 @@ fn connect_and_handshake(
 /// An attempt running on a helper thread. Dropping it abandons the attempt:
 /// the thread finishes on its own within the handshake timeout.
 #[derive(Debug)]
-pub struct PendingConnect {
-    rx: Receiver<Result<(Connection, Accept), TransportError>>,
+pub struct Pending<T> {
+    rx: Receiver<Result<T, TransportError>>,
 }
 
-impl PendingConnect {
-    pub fn start(addr: ServerAddr, hello: Hello) -> io::Result<Self> {
+/// A connection attempt plus the playback handshake.
+pub type PendingConnect = Pending<(Connection, Accept)>;
+/// A connection attempt only: the caller's session does the handshake
+/// (capture sends its own `CaptureHello` and reads the reply non-blocking).
+pub type PendingDial = Pending<Connection>;
+
+impl<T: Send + 'static> Pending<T> {
+    fn spawn(
+        work: impl FnOnce() -> Result<T, TransportError> + Send + 'static,
+    ) -> io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(1);
         thread::Builder::new()
             .name("tunnel-connect".into())
             .spawn(move || {
                 // The receiver may be gone (module unloaded): nothing to do then.
-                let _ = tx.send(connect_and_handshake(&addr, &hello));
+                let _ = tx.send(work());
             })?;
         Ok(Self { rx })
     }
 
     /// The outcome, once there is one.
-    pub fn poll(&self) -> Option<Result<(Connection, Accept), TransportError>> {
+    pub fn poll(&self) -> Option<Result<T, TransportError>> {
         match self.rx.try_recv() {
             Ok(outcome) => Some(outcome),
             Err(TryRecvError::Empty) => None,
             Err(TryRecvError::Disconnected) => Some(Err(TransportError::Closed)),
         }
+    }
+}
+
+impl Pending<(Connection, Accept)> {
+    /// Connects to `addr` and sends `hello`, on a helper thread.
+    pub fn start(addr: ServerAddr, hello: Hello) -> io::Result<Self> {
+        Self::spawn(move || connect_and_handshake(&addr, &hello))
+    }
+}
+
+impl Pending<Connection> {
+    /// Connects to `addr` on a helper thread; the connection comes back
+    /// non-blocking, with nothing sent.
+    pub fn dial(addr: ServerAddr) -> io::Result<Self> {
+        Self::spawn(move || {
+            let sock = Socket::connect(&addr).map_err(|source| TransportError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+            sock.set_nonblocking()?;
+            Ok(Connection::new(sock))
+        })
     }
 }
 
