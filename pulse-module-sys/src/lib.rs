@@ -1,9 +1,13 @@
 //! Raw FFI bindings to PulseAudio's internal `pulsecore` API, generated at
-//! build time from the headers of the installed PulseAudio version.
+//! build time from the headers of the installed PulseAudio version, and
+//! [`glue`]: the few safe wrappers every module of this project needs
+//! (argument parsing, PulseAudio's log, no unwinding across FFI, sample
+//! specifications).
 //!
-//! Nothing here is safe to call directly; the module crate wraps what it uses
-//! in one thin layer with `// SAFETY:` comments.
-#![allow(
+//! Nothing in the bindings is safe to call directly; each module crate wraps
+//! what it uses in one thin layer with `// SAFETY:` comments.
+
+#[allow(
     non_camel_case_types,
     non_snake_case,
     non_upper_case_globals,
@@ -15,5 +19,9 @@
     unnecessary_transmutes,
     improper_ctypes
 )]
+mod bindings {
+    include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+}
+pub use bindings::*;
 
-include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+pub mod glue;

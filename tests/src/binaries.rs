@@ -10,6 +10,7 @@ use crate::HarnessError;
 /// File name of the daemon binary in the target directory.
 const HOST_PLAYD: &str = "host-playd";
 const MODULE_LIB: &str = "libmodule_secure_tunnel_sink.so";
+const SOURCE_MODULE_LIB: &str = "libmodule_secure_tunnel_source.so";
 const PIPEWIRE_SERVICE: &str = "secure-tunnel-pipewire";
 
 /// The workspace root: this crate sits one level below it.
@@ -40,6 +41,11 @@ fn built(name: &str) -> Result<PathBuf, HarnessError> {
 /// The module's shared object.
 pub fn module_library() -> Result<PathBuf, HarnessError> {
     built(MODULE_LIB)
+}
+
+/// The capture (microphone) module's shared object.
+pub fn source_module_library() -> Result<PathBuf, HarnessError> {
+    built(SOURCE_MODULE_LIB)
 }
 
 /// The PipeWire front end's executable.

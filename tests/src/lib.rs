@@ -10,6 +10,7 @@ mod binaries;
 mod error;
 pub mod latency;
 mod legit;
+pub mod mic;
 pub mod netns;
 mod pactl;
 pub mod patests;
@@ -27,14 +28,17 @@ pub mod vm;
 pub mod wire;
 
 pub use binaries::{
-    host_playd, module_library, pipewire_service, pulse_module_dir, target_dir, workspace_root,
+    host_playd, module_library, pipewire_service, pulse_module_dir, source_module_library,
+    target_dir, workspace_root,
 };
 pub use error::HarnessError;
 pub use legit::{LegitGuest, LegitReport};
 pub use pactl::{parse_sinks, sink_input_count, SinkInfo};
 pub use pipewire::{PipeWireStack, TunnelService};
 pub use playd::HostPlayd;
-pub use pulse::{guest_daemon, host_daemon, PulseDaemon, GUEST_SINK, HOST_SINK, MODULE_NAME};
+pub use pulse::{
+    guest_daemon, host_daemon, PulseDaemon, GUEST_SINK, HOST_SINK, MODULE_NAME, SOURCE_MODULE_NAME,
+};
 pub use record::{Player, Recorder, Recording};
 pub use stack::{find_sink, TunnelStack};
 pub use tempdir::TestDir;

@@ -21,6 +21,8 @@ pub const HOST_SINK: &str = "hostsink";
 pub const GUEST_SINK: &str = "secure_tunnel";
 /// Name under which the module is offered in the guest's module directory.
 pub const MODULE_NAME: &str = "module-secure-tunnel-sink";
+/// Name under which the capture module is offered in the guest.
+pub const SOURCE_MODULE_NAME: &str = "module-secure-tunnel-source";
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const PACTL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -325,29 +327,42 @@ pub fn host_daemon() -> Result<PulseDaemon, HarnessError> {
 /// the daemon gets a directory linking both PulseAudio's modules and ours.
 pub fn guest_daemon() -> Result<PulseDaemon, HarnessError> {
     let module = module_library()?;
+    let source = crate::binaries::source_module_library()?;
     let system = pulse_module_dir()?;
     let dir = TestDir::new("guest")?;
     let links = dir.subdir("modules")?;
-    link_modules(&system, &module, &links)?;
+    link_modules(
+        &system,
+        &[(MODULE_NAME, &module), (SOURCE_MODULE_NAME, &source)],
+        &links,
+    )?;
     PulseDaemon::start_in(dir, "guest", Some(&links), &[])
 }
 
-fn link_modules(system: &Path, module: &Path, into: &Path) -> Result<(), HarnessError> {
+/// Links every module of `system` into `into`, and ours (name, library)
+/// in place of any installed copy (the Debian package must not shadow the
+/// ones under test).
+fn link_modules(system: &Path, ours: &[(&str, &Path)], into: &Path) -> Result<(), HarnessError> {
     let entries = std::fs::read_dir(system)
         .map_err(|e| HarnessError::io(format!("listing {}", system.display()), e))?;
     for entry in entries {
         let entry =
             entry.map_err(|e| HarnessError::io(format!("listing {}", system.display()), e))?;
-        // An installed copy of our module (the Debian package) must not
-        // shadow the one under test.
-        if entry.file_name().to_str() == Some(&format!("{MODULE_NAME}.so")) {
+        let name = entry.file_name();
+        if ours
+            .iter()
+            .any(|(ours, _)| name.to_str() == Some(&format!("{ours}.so")))
+        {
             continue;
         }
-        let to = into.join(entry.file_name());
+        let to = into.join(&name);
         std::os::unix::fs::symlink(entry.path(), &to)
             .map_err(|e| HarnessError::io(format!("linking {}", to.display()), e))?;
     }
-    let to = into.join(format!("{MODULE_NAME}.so"));
-    std::os::unix::fs::symlink(module, &to)
-        .map_err(|e| HarnessError::io(format!("linking {}", to.display()), e))
+    for (name, library) in ours {
+        let to = into.join(format!("{name}.so"));
+        std::os::unix::fs::symlink(library, &to)
+            .map_err(|e| HarnessError::io(format!("linking {}", to.display()), e))?;
+    }
+    Ok(())
 }

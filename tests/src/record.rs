@@ -52,6 +52,17 @@ impl Recording {
     }
 }
 
+impl Recording {
+    /// When the read that delivered `frame` returned: the latest moment the
+    /// frame can have arrived. For a capture source, which delivers whole
+    /// blocks at once, this (not [`Recording::arrival_of_frame`], which
+    /// assumes real-time delivery within a read) is its arrival.
+    pub fn received_at(&self, frame: usize) -> Option<Instant> {
+        let byte = frame * FRAME_BYTES;
+        self.chunks.iter().find(|c| c.end > byte).map(|c| c.at)
+    }
+}
+
 fn frames_to_duration(frames: usize) -> Duration {
     Duration::from_secs_f64(frames as f64 / f64::from(RATE))
 }

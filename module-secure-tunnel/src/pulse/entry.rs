@@ -34,7 +34,7 @@ pub unsafe extern "C" fn pa__init(m: *mut sys::pa_module) -> c_int {
         match unsafe { sink::init(m) } {
             Ok(()) => 0,
             Err(e) => {
-                super::log::write(super::log::Level::Error, &e);
+                super::pa_log!(Error, "{e}");
                 -1
             }
         }

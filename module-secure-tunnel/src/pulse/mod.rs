@@ -1,28 +1,28 @@
 //! The one thin layer where this crate touches PulseAudio's C API. Every
 //! `unsafe` block in the module lives under this directory, with a
-//! `// SAFETY:` comment; everything it calls into is safe Rust.
+//! `// SAFETY:` comment; everything it calls into is safe Rust. The helpers
+//! both modules share (arguments, log, no unwinding) are in
+//! `pulse_module_sys::glue`.
 
 mod entry;
-pub(crate) mod log;
-mod modargs;
 mod sink;
 
-/// Runs `f`, turning a panic into `fallback` so that no unwind ever crosses
-/// an `extern "C"` boundary into PulseAudio.
+/// The name this module's log lines carry.
+const MODULE: &std::ffi::CStr = c"module-secure-tunnel-sink";
+
+/// Runs `f`, turning a panic into `fallback`: no unwind crosses into C.
 pub(crate) fn no_unwind<T>(what: &str, fallback: T, f: impl FnOnce() -> T) -> T {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(v) => v,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_owned());
-            log::write(
-                log::Level::Error,
-                &format!("internal error in {what}: {msg}"),
-            );
-            fallback
-        }
-    }
+    pulse_module_sys::glue::no_unwind(MODULE, what, fallback, f)
 }
+
+/// Writes one line to PulseAudio's log.
+macro_rules! pa_log {
+    ($level:ident, $($arg:tt)*) => {
+        pulse_module_sys::glue::log::write(
+            $crate::pulse::MODULE,
+            pulse_module_sys::glue::log::Level::$level,
+            &format!($($arg)*),
+        )
+    };
+}
+pub(crate) use pa_log;

@@ -8,11 +8,11 @@ use std::ffi::{c_int, c_void, CStr};
 use std::ptr;
 
 use pulse_module_sys as sys;
-use secure_tunnel_protocol::{SampleFormat, StreamSpec, MAX_AUDIO_CHUNK};
+use secure_tunnel_protocol::{StreamSpec, MAX_AUDIO_CHUNK};
 
-use super::log::pa_log;
-use super::modargs::{cstring, Modargs};
-use super::no_unwind;
+use super::{no_unwind, pa_log};
+use pulse_module_sys::glue;
+use pulse_module_sys::glue::modargs::{cstring, Modargs};
 use secure_tunnel_guest::config::{RawArgs, TunnelConfig};
 use secure_tunnel_guest::engine::{Engine, Event, Stats};
 use secure_tunnel_guest::session::Activity;
@@ -59,30 +59,6 @@ struct Userdata {
     max_render: usize,
 }
 
-fn sample_format(format: sys::pa_sample_format_t) -> Result<SampleFormat, String> {
-    match format {
-        sys::pa_sample_format_PA_SAMPLE_S16LE => Ok(SampleFormat::S16Le),
-        sys::pa_sample_format_PA_SAMPLE_S32LE => Ok(SampleFormat::S32Le),
-        sys::pa_sample_format_PA_SAMPLE_FLOAT32LE => Ok(SampleFormat::F32Le),
-        other => {
-            // SAFETY: pa_sample_format_to_string accepts any value and returns
-            // a static string or NULL.
-            let name = unsafe { sys::pa_sample_format_to_string(other) };
-            let name = if name.is_null() {
-                format!("#{other}")
-            } else {
-                // SAFETY: non-null results are static NUL-terminated strings.
-                unsafe { CStr::from_ptr(name) }
-                    .to_string_lossy()
-                    .into_owned()
-            };
-            Err(format!(
-                "invalid format={name}: the tunnel carries s16le, s32le or float32le"
-            ))
-        }
-    }
-}
-
 /// Reads and validates the arguments: everything that can be wrong is found
 /// here, before anything is created.
 fn parse_args(
@@ -90,18 +66,7 @@ fn parse_args(
     ss: &mut sys::pa_sample_spec,
     map: &mut sys::pa_channel_map,
 ) -> Result<(TunnelConfig, StreamSpec), String> {
-    if !ma.sample_spec_and_map(ss, map) {
-        let given: Vec<String> = [c"format", c"rate", c"channels", c"channel_map"]
-            .iter()
-            .filter_map(|k| ma.get(k).map(|v| format!("{}={v}", k.to_string_lossy())))
-            .collect();
-        return Err(format!(
-            "invalid sample specification or channel map ({}); formats: s16le, s32le, \
-             float32le; rate 8000..192000; 1..8 channels matching channel_map",
-            given.join(" ")
-        ));
-    }
-    let format = sample_format(ss.format)?;
+    let spec = glue::stream_spec(ma, ss, map)?;
     let (server, sink_name, latency, reconnect, min_latency, max_latency) = (
         ma.get(c"server"),
         ma.get(c"sink_name"),
@@ -119,17 +84,6 @@ fn parse_args(
         max_latency_msec: max_latency.as_deref(),
     })
     .map_err(|e| e.to_string())?;
-    let channels = usize::from(ss.channels).min(map.map.len());
-    let spec = StreamSpec {
-        format,
-        rate: ss.rate,
-        channel_map: map.map[..channels]
-            .iter()
-            .map(|&p| u8::try_from(p).unwrap_or(u8::MAX))
-            .collect(),
-    };
-    spec.validate()
-        .map_err(|e| format!("unsupported sample specification: {e}"))?;
     Ok((config, spec))
 }
 

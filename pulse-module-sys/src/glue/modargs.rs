@@ -3,7 +3,7 @@
 use std::ffi::{c_char, CStr, CString};
 use std::ptr::NonNull;
 
-use pulse_module_sys as sys;
+use crate as sys;
 
 /// Parsed `key=value` module arguments, freed on drop.
 #[derive(Debug)]

@@ -1,10 +1,9 @@
 //! Writing to PulseAudio's own log.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 
-use pulse_module_sys as sys;
+use crate as sys;
 
-const FILE: &std::ffi::CStr = c"module-secure-tunnel-sink";
 const FORMAT: &std::ffi::CStr = c"%s";
 
 /// PulseAudio's log levels this module uses.
@@ -15,9 +14,10 @@ pub enum Level {
     Info,
 }
 
-/// Writes one line to PulseAudio's log. Interior NUL bytes are replaced, so
-/// any text is safe to pass.
-pub fn write(level: Level, msg: &str) {
+/// Writes one line to PulseAudio's log, attributed to `module` (the
+/// module's name). Interior NUL bytes are replaced, so any text is safe to
+/// pass.
+pub fn write(module: &CStr, level: Level, msg: &str) {
     let level = match level {
         Level::Error => sys::pa_log_level_PA_LOG_ERROR,
         Level::Warn => sys::pa_log_level_PA_LOG_WARN,
@@ -30,18 +30,11 @@ pub fn write(level: Level, msg: &str) {
     unsafe {
         sys::pa_log_level_meta(
             level,
-            FILE.as_ptr(),
+            module.as_ptr(),
             0,
-            FILE.as_ptr(),
+            module.as_ptr(),
             FORMAT.as_ptr(),
             line.as_ptr(),
         );
     }
 }
-
-macro_rules! pa_log {
-    ($level:ident, $($arg:tt)*) => {
-        $crate::pulse::log::write($crate::pulse::log::Level::$level, &format!($($arg)*))
-    };
-}
-pub(crate) use pa_log;
