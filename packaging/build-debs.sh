@@ -44,9 +44,9 @@ need pkg-config "package pkg-config"
 
 target="${SECURE_TUNNEL_TARGET_DIR:-$root/target}/release"
 if [ "$build" = 1 ]; then
-  (cd "$root" && cargo build --release -p host-playd -p module-secure-tunnel-sink >&2)
+  (cd "$root" && cargo build --release -p host-playd -p module-secure-tunnel-sink -p module-secure-tunnel-source >&2)
 fi
-for f in host-playd libmodule_secure_tunnel_sink.so; do
+for f in host-playd libmodule_secure_tunnel_sink.so libmodule_secure_tunnel_source.so; do
   [ -f "$target/$f" ] || { log "$target/$f is missing: build first (cargo build --release)"; exit 1; }
 done
 target="$(cd "$target" && pwd)"

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../fuzz"
 
 seconds="${FUZZ_SMOKE_SECONDS:-20}"
 # target:max_len, as in docs/robustness.md
-targets=(frame_reader:4096 message_decode:4096 host_session:4096 module_engine:1024 capture_host_session:4096)
+targets=(frame_reader:4096 message_decode:4096 host_session:4096 module_engine:1024 capture_host_session:4096 capture_guest:4096)
 
 log() { printf 'fuzz-smoke: %s\n' "$*"; }
 

@@ -30,7 +30,9 @@ use secure_tunnel_protocol::{
     MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
+mod capture_guest;
 mod capture_host;
+pub use capture_guest::capture_guest;
 pub use capture_host::capture_host_session;
 
 // ---------------------------------------------------------------------------

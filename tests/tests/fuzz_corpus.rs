@@ -67,3 +67,8 @@ fn module_engine_corpus() {
 fn capture_host_session_corpus() {
     replay("capture_host_session", harness::capture_host_session);
 }
+
+#[test]
+fn capture_guest_corpus() {
+    replay("capture_guest", harness::capture_guest);
+}

@@ -21,12 +21,14 @@ use std::{
 use secure_tunnel_e2e::{
     find_sink, host_daemon, host_playd, pulse_module_dir, signal, target_dir, workspace_root,
     Player, PulseDaemon, Recorder, TestDir, GUEST_SINK, HOST_SINK, MODULE_NAME, RATE,
+    SOURCE_MODULE_NAME,
 };
 
 /// The module package is named after the PulseAudio release it is built for.
 const MODULE_PKG_PREFIX: &str = "pulseaudio-module-secure-tunnel-";
 const PLAYD_PKG: &str = "host-playd";
 const SNIPPET: &str = "/etc/pulse/default.pa.d/secure-tunnel.pa";
+const MIC_SNIPPET: &str = "/etc/pulse/default.pa.d/secure-tunnel-mic.pa";
 const CONFIG: &str = "/etc/host-playd/host-playd.toml";
 const SYSTEM_UNIT: &str = "/lib/systemd/system/host-playd.service";
 
@@ -384,6 +386,8 @@ fn installed_packages_play_bit_exact() {
     for path in [
         PathBuf::from("/usr/bin/host-playd"),
         module_so.clone(),
+        module_so.with_file_name(format!("{SOURCE_MODULE_NAME}.so")),
+        PathBuf::from(MIC_SNIPPET),
         PathBuf::from(SNIPPET),
         PathBuf::from(CONFIG),
         PathBuf::from("/etc/default/host-playd"),
