@@ -59,4 +59,33 @@ impl Opts {
                 .with_context(|| format!("--{name} (or {env}) is not a number: {t:?}")),
         }
     }
+
+    /// `--name` as a comma-separated list of numbers (or anything that
+    /// parses), else `BENCH_NAME`, else `default`.
+    pub fn list<T: std::str::FromStr>(&self, name: &str, default: &str) -> Result<Vec<T>> {
+        self.text(name, default)
+            .split(',')
+            .map(|t| {
+                t.trim()
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--{name}: {t:?} is not a number"))
+            })
+            .collect()
+    }
+
+    /// `--name` as a comma-separated selection of `all`'s items by `key`,
+    /// else `BENCH_NAME`, else `default`.
+    pub fn select<T: Copy>(
+        &self,
+        name: &str,
+        default: &str,
+        all: &[T],
+        key: fn(T) -> &'static str,
+    ) -> Vec<T> {
+        let wanted = self.text(name, default);
+        all.iter()
+            .copied()
+            .filter(|r| wanted.split(',').any(|w| w.trim() == key(*r)))
+            .collect()
+    }
 }

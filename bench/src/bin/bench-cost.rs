@@ -54,15 +54,7 @@ fn main() -> Result<()> {
     let opts = Opts::from_args(USAGE)?;
     let seconds = opts.f64("seconds", 60.0)?;
     let latency_ms = opts.f64("latency-ms", 60.0)? as u32;
-    let counts: Vec<usize> = opts
-        .text("guests", "1,16,64")
-        .split(',')
-        .map(|t| {
-            t.trim()
-                .parse()
-                .with_context(|| format!("--guests: {t:?} is not a number"))
-        })
-        .collect::<Result<_>>()?;
+    let counts: Vec<usize> = opts.list("guests", "1,16,64")?;
     let most = counts.iter().copied().max().unwrap_or(1).max(1);
     let ticks = clock_ticks()?;
     // Every guest connects as the same user: let it hold them all.

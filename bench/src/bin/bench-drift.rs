@@ -30,15 +30,7 @@ fn main() -> Result<()> {
     let opts = Opts::from_args(USAGE)?;
     let minutes = opts.f64("minutes", 10.0)?;
     let latency_ms = opts.f64("latency-ms", 60.0)? as u32;
-    let skews: Vec<i32> = opts
-        .text("skews", "1000,-1000")
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .parse()
-                .with_context(|| format!("--skews: {s:?} is not a number"))
-        })
-        .collect::<Result<_>>()?;
+    let skews: Vec<i32> = opts.list("skews", "1000,-1000")?;
     println!(
         "drift: {minutes} min per skew after {WARMUP_S} s warm-up, latency_msec={latency_ms}, \
          host-playd --backend null; load average at start: {}",

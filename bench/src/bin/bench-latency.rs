@@ -45,20 +45,8 @@ fn main() -> Result<()> {
     let tlength_ms = opts.f64("tlength-ms", 10.0)?;
     let fragsize_ms = opts.f64("fragsize-ms", 5.0)?;
     let coder = Coder::every_ms(period_ms);
-    let wanted = opts.text("rows", "direct,ours,tunnel-new,pipe");
-    let rows: Vec<Row> = Row::ALL
-        .into_iter()
-        .filter(|r| wanted.split(',').any(|w| w.trim() == r.key()))
-        .collect();
-    let targets: Vec<u32> = opts
-        .text("targets", "20,200")
-        .split(',')
-        .map(|t| {
-            t.trim()
-                .parse()
-                .with_context(|| format!("--targets: {t:?} is not a number"))
-        })
-        .collect::<Result<_>>()?;
+    let rows = opts.select("rows", "direct,ours,tunnel-new,pipe", &Row::ALL, Row::key);
+    let targets: Vec<u32> = opts.list("targets", "20,200")?;
 
     let dump = opts.text("dump", "");
     let world = World::start()?;
