@@ -155,6 +155,13 @@ uid="$(in_ct id -u host-playd)"
 [ "$(field Seccomp)" = 2 ] || fail "Seccomp $(field Seccomp) (2 = filter)"
 say "2. MainPID $pid: uid $uid (host-playd), CapEff 0, NoNewPrivs 1, Seccomp 2"
 
+# 2b. The packaged control socket answers root (host-playd ctl's default path).
+in_ct /usr/bin/host-playd ctl status >"$run/ctl.txt" 2>&1 \
+  || fail "host-playd ctl status: $(tail -3 "$run/ctl.txt")"
+grep -q "^client " "$run/ctl.txt" || fail "host-playd ctl status lists no client: $(head -3 "$run/ctl.txt")"
+[ "$(in_ct stat -c %a /run/host-playd/control)" = 600 ] || fail "/run/host-playd/control is not 0600"
+say "2b. host-playd ctl status (default /run/host-playd/control, 0600): $(grep -c '^client ' "$run/ctl.txt") client(s)"
+
 # 3. The live unit's exposure.
 in_ct systemd-analyze security --no-pager host-playd.service >"$run/security.txt" 2>&1 || true
 score="$(sed -n 's/.*Overall exposure level for host-playd.service: \([0-9.]*\).*/\1/p' "$run/security.txt")"
