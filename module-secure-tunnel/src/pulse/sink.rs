@@ -491,23 +491,8 @@ unsafe fn io_loop(ud: &Userdata) -> Result<(), String> {
             (engine.poll_interest(), engine.next_wakeup(now_usec()))
         };
         // SAFETY: poll_item and rtpoll were created in build() and live until
-        // teardown, after this thread has ended; the pollfd array has 1 entry.
-        let ret = unsafe {
-            let pfd = sys::pa_rtpoll_item_get_pollfd(ud.poll_item, ptr::null_mut());
-            match interest {
-                Some((fd, want_write)) => {
-                    (*pfd).fd = fd;
-                    (*pfd).events = libc::POLLIN | if want_write { libc::POLLOUT } else { 0 };
-                }
-                None => {
-                    (*pfd).fd = -1;
-                    (*pfd).events = 0;
-                }
-            }
-            (*pfd).revents = 0;
-            sys::pa_rtpoll_set_timer_absolute(ud.rtpoll, wake);
-            sys::pa_rtpoll_run(ud.rtpoll)
-        };
+        // teardown, after this thread has ended; the item has one pollfd.
+        let ret = unsafe { glue::io_thread::wait(ud.rtpoll, ud.poll_item, interest, wake) };
         if ret < 0 {
             return Err("rtpoll failed".into());
         }
@@ -522,36 +507,18 @@ unsafe extern "C" fn thread_func(userdata: *mut c_void) {
     // SAFETY: userdata is the instance's Box, alive until done() has joined
     // this thread; thread_mq was initialised before the thread started.
     unsafe { sys::pa_thread_mq_install(&mut (*u).thread_mq) };
-    // Like every sink's IO thread: real-time priority when the daemon has
-    // it, so rendering keeps its pace on a loaded machine.
-    // SAFETY: core is valid while the module is loaded; the call only
-    // changes this thread's scheduling (failure is harmless and logged by it).
-    unsafe {
-        if (*(*u).core).realtime_scheduling() {
-            sys::pa_thread_make_realtime((*(*u).core).realtime_priority);
-        }
-    }
+    // SAFETY: core is valid while the module is loaded; this is its IO thread.
+    unsafe { glue::io_thread::make_realtime((*u).core) };
     // SAFETY: as above; only this thread uses the engine now.
     let outcome = no_unwind("the IO thread", Err("panic".to_owned()), || unsafe {
         io_loop(&*u)
     });
     if let Err(e) = outcome {
         pa_log!(Error, "IO thread failed: {e}; unloading");
-        // Ask the main thread to unload us, then wait for its shutdown
-        // message, as every sink module does.
-        // SAFETY: core, module and the queues are valid (see above); the core
-        // is a pa_msgobject by C inheritance (its first field).
+        // SAFETY: core, module and the queues are valid until done() has
+        // joined this thread, which waits for the shutdown message.
         unsafe {
-            sys::pa_asyncmsgq_post(
-                (*u).thread_mq.outq,
-                ptr::addr_of_mut!((*(*u).core).parent),
-                sys::PA_CORE_MESSAGE_UNLOAD_MODULE as c_int,
-                (*u).module.cast(),
-                0,
-                ptr::null(),
-                None,
-            );
-            sys::pa_asyncmsgq_wait_for((*u).thread_mq.inq, sys::PA_MESSAGE_SHUTDOWN);
+            glue::io_thread::unload_and_wait((*u).core, (*u).module, &mut (*u).thread_mq);
         }
     }
 }

@@ -7,6 +7,8 @@ use secure_tunnel_protocol::{SampleFormat, StreamSpec};
 
 use crate as sys;
 
+pub mod entry;
+pub mod io_thread;
 pub mod log;
 pub mod modargs;
 
