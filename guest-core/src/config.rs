@@ -54,6 +54,14 @@ pub fn parse_server(value: &str) -> Result<ServerAddr, ConfigError> {
         })
 }
 
+/// The required `server=` argument, parsed.
+fn required_server(value: Option<&str>) -> Result<ServerAddr, ConfigError> {
+    value
+        .filter(|s| !s.is_empty())
+        .ok_or(ConfigError::MissingServer)
+        .and_then(parse_server)
+}
+
 /// The raw text of the arguments this module reads itself (PulseAudio's own
 /// helpers handle format, rate, channels, channel_map and sink_properties).
 #[derive(Debug, Default, Clone, Copy)]
@@ -128,11 +136,7 @@ fn check_name(key: &'static str, name: &str) -> Result<(), ConfigError> {
 impl TunnelConfig {
     /// Validates the arguments, applying the documented defaults.
     pub fn from_args(args: RawArgs<'_>) -> Result<Self, ConfigError> {
-        let server = args
-            .server
-            .filter(|s| !s.is_empty())
-            .ok_or(ConfigError::MissingServer)
-            .and_then(parse_server)?;
+        let server = required_server(args.server)?;
         let sink_name = args.sink_name.unwrap_or(DEFAULT_SINK_NAME);
         check_name("sink_name", sink_name)?;
         let latency_msec = parse_msec(
@@ -203,11 +207,7 @@ impl CaptureConfig {
     /// Validates the arguments, applying the documented defaults (the same
     /// grammar and ranges as the sink's).
     pub fn from_args(args: CaptureRawArgs<'_>) -> Result<Self, ConfigError> {
-        let server = args
-            .server
-            .filter(|s| !s.is_empty())
-            .ok_or(ConfigError::MissingServer)
-            .and_then(parse_server)?;
+        let server = required_server(args.server)?;
         let source_name = args.source_name.unwrap_or(DEFAULT_SOURCE_NAME);
         check_name("source_name", source_name)?;
         Ok(CaptureConfig {

@@ -43,23 +43,25 @@ impl Recording {
     /// When `frame` was captured, estimated from its chunk's arrival minus the
     /// audio that follows it in the same chunk.
     pub fn arrival_of_frame(&self, frame: usize) -> Option<Instant> {
-        let byte = frame * FRAME_BYTES;
-        let chunk = self.chunks.iter().find(|c| c.end > byte)?;
-        let after = (chunk.end - byte) / FRAME_BYTES;
+        let chunk = self.chunk_of(frame)?;
+        let after = (chunk.end - frame * FRAME_BYTES) / FRAME_BYTES;
         chunk
             .at
             .checked_sub(frames_to_duration(after.saturating_sub(1)))
     }
-}
 
-impl Recording {
     /// When the read that delivered `frame` returned: the latest moment the
     /// frame can have arrived. For a capture source, which delivers whole
     /// blocks at once, this (not [`Recording::arrival_of_frame`], which
     /// assumes real-time delivery within a read) is its arrival.
     pub fn received_at(&self, frame: usize) -> Option<Instant> {
+        self.chunk_of(frame).map(|c| c.at)
+    }
+
+    /// The read that delivered `frame`.
+    fn chunk_of(&self, frame: usize) -> Option<&Chunk> {
         let byte = frame * FRAME_BYTES;
-        self.chunks.iter().find(|c| c.end > byte).map(|c| c.at)
+        self.chunks.iter().find(|c| c.end > byte)
     }
 }
 
