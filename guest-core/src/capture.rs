@@ -272,9 +272,18 @@ impl CaptureSession {
     }
 
     /// When [`CaptureSession::poll`] wants to run next.
+    ///
+    /// Pings start with the Accept: before it only the stall timeout is due.
+    /// (A deadline in the past would have the IO thread spin until the host
+    /// answers; a real-time thread spinning for 200 ms gets the guest's
+    /// sound server killed by RLIMIT_RTTIME.)
     pub fn next_deadline(&self) -> u64 {
-        self.next_ping
-            .min(self.last_rx.saturating_add(CAPTURE_STALL_TIMEOUT_USEC))
+        let stall = self.last_rx.saturating_add(CAPTURE_STALL_TIMEOUT_USEC);
+        if self.accepted {
+            self.next_ping.min(stall)
+        } else {
+            stall
+        }
     }
 
     /// Takes up to `max` bytes (whole frames) of received audio for the

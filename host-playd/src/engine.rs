@@ -866,9 +866,15 @@ impl<B: AudioBackend> Engine<B> {
                 self.backend.close(id);
                 let client = self.clients.get_mut(&id)?;
                 let peer = client.peer.clone();
-                let sent = client.session.capture().map_or(0, |c| c.sent_bytes());
+                let (sent, dropped) = client
+                    .session
+                    .capture()
+                    .map_or((0, 0), |c| (c.sent_bytes(), c.dropped_bytes()));
                 if let Some(note) = log_allowed(&mut self.peer_logs, Some(&mut client.logs)) {
-                    log::info!("client {id} ({peer}): capture stopped, {sent} bytes sent{note}");
+                    log::info!(
+                        "client {id} ({peer}): capture stopped, {sent} bytes sent, \
+                         {dropped} dropped (the guest had no room){note}"
+                    );
                 }
                 None
             }

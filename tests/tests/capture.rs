@@ -6,15 +6,17 @@
 //! latency true), grant and revoke over the control socket, bad arguments.
 #![allow(clippy::unwrap_used)]
 
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use secure_tunnel_e2e::mic::{pipe_source_module, MicFeeder};
+use secure_tunnel_e2e::proctree::cpu_seconds;
 use secure_tunnel_e2e::{
-    guest_daemon, host_playd, signal, HostPlayd, PulseDaemon, Recorder, TestDir, HOST_SINK, RATE,
-    SOURCE_MODULE_NAME,
+    guest_daemon, host_playd, signal, HostPlayd, Player, PulseDaemon, Recorder, TestDir,
+    GUEST_SINK, HOST_SINK, MODULE_NAME, RATE, SOURCE_MODULE_NAME,
 };
 
 const SOURCE: &str = "secure_tunnel_mic";
@@ -315,4 +317,65 @@ fn bad_arguments_fail_load_module_and_the_daemon_lives() {
     ] {
         assert!(log.contains(needle), "no {needle:?} in the log:\n{log}");
     }
+}
+
+/// A host that takes the connection and never answers (hung, stopped, or
+/// hostile: the kernel completes a unix connect into the listen backlog
+/// without the daemon). The guest's sound server must not spin on it: its
+/// IO threads run at real-time priority, and PulseAudio's RLIMIT_RTTIME
+/// (200 ms) kills a daemon whose real-time thread spins that long. Both
+/// modules, recording and playing, for 2 s.
+#[test]
+fn a_host_that_never_answers_costs_the_guest_nothing() {
+    let dir = TestDir::new("mute-host").unwrap();
+    let socket = dir.path().join("mute.sock");
+    let _listener = UnixListener::bind(&socket).unwrap();
+    let mut guest = guest_daemon().unwrap();
+    let server = format!(
+        "server=unix:{} reconnect_interval_msec=100",
+        socket.display()
+    );
+    let format = "format=s16le rate=48000 channels=2";
+    for (module, args) in [
+        (
+            SOURCE_MODULE_NAME,
+            format!("{server} source_name={SOURCE} {format}"),
+        ),
+        (
+            MODULE_NAME,
+            format!("{server} sink_name={GUEST_SINK} {format}"),
+        ),
+    ] {
+        guest
+            .load_module(module, &args)
+            .unwrap_or_else(|e| panic!("load-module {module} {args}: {e}\n{}", guest.log_tail()));
+    }
+    let mut rec = Recorder::start(&guest, SOURCE).unwrap();
+    rec.wait_live(Duration::from_secs(5)).unwrap();
+    let silence = vec![0u8; 4 * FRAMES_PER_SEC * secure_tunnel_e2e::FRAME_BYTES];
+    let _player = Player::start(&guest, GUEST_SINK, silence).unwrap();
+    let before = cpu_seconds(guest.pid()).expect("guest PulseAudio's CPU time");
+    let start = Instant::now();
+    thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(guest.pid());
+    let elapsed = start.elapsed().as_secs_f64();
+    assert!(
+        guest.is_alive(),
+        "the guest's PulseAudio died\n{}",
+        guest.log_tail()
+    );
+    let used = used.expect("guest PulseAudio's CPU time") - before;
+    eprintln!("guest PulseAudio: {used:.2} s of CPU in {elapsed:.2} s");
+    assert!(
+        used < 0.25 * elapsed,
+        "the guest's PulseAudio used {used:.2} s of CPU in {elapsed:.2} s\n{}",
+        guest.log_tail()
+    );
+    let got = rec.stop();
+    assert!(
+        got.duration() > Duration::from_millis(1500),
+        "the recording stalled: {:?}",
+        got.duration()
+    );
+    assert_eq!(nonzero(&got.samples()), 0);
 }

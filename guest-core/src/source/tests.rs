@@ -170,6 +170,40 @@ fn hostile_data_closes_the_link_and_silence_goes_on() {
     assert_eq!(drain(&mut e, 30_000).1, 3840);
 }
 
+/// A host that takes the connection but is slow to answer the Hello must
+/// not make the IO thread spin: it runs at real-time priority, and 200 ms of
+/// spinning gets the guest's sound server killed (RLIMIT_RTTIME). Each
+/// wake-up posts only what is due, in blocks of at least 10 ms.
+#[test]
+fn waiting_for_the_hosts_answer_it_sleeps_and_posts_whole_blocks() {
+    let (guest, mut host) = UnixStream::pair().unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut e = engine();
+    e.set_recording(true, 0);
+    e.attach(Connection::from_unix_stream(guest).unwrap(), 0);
+    assert!(matches!(
+        read_frame::<GuestMessage, _>(&mut host).unwrap(),
+        GuestMessage::CaptureHello(_)
+    ));
+    let mut now = 0;
+    let mut wakeups = 0;
+    let mut posted = 0;
+    while now < 1_000_000 {
+        e.poll_io(now);
+        let (audio, silence) = drain(&mut e, now);
+        assert!(audio.is_empty());
+        posted += silence;
+        let next = e.next_wakeup(now);
+        assert!(next > now, "the IO thread would spin at {now} usec");
+        now = next;
+        wakeups += 1;
+    }
+    assert!(e.stats().connected, "dropped before the stall timeout");
+    assert!(wakeups <= 110, "{wakeups} wake-ups in 1 s");
+    let expect = spec().usec_to_bytes(now) as usize;
+    assert!(expect - posted <= 1920, "{expect} vs {posted}");
+}
+
 #[test]
 fn a_silent_host_is_dropped_and_the_next_attempt_waits_for_the_interval() {
     let (mut e, _host) = attached(0);

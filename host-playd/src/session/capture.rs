@@ -6,7 +6,8 @@
 //! `Cork`) *and* it is permitted (policy `allow`, or a live grant under
 //! `grant`). Audio goes out only within the guest's cumulative
 //! `CaptureCredit`; what the guest has no room for waits in a queue of at
-//! most one buffer, and what does not fit there is dropped and counted.
+//! most one buffer (at least [`HOST_STALL_SLACK_USEC`]), and what does not
+//! fit there is dropped and counted.
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -21,6 +22,12 @@ use crate::backend::{CaptureParams, Captured};
 /// After the recording stream failed, how long before it is tried again
 /// (while the guest still asks and is still permitted).
 pub const RETRY_USEC: u64 = 2_000_000;
+/// Audio kept for a guest that has no room, at the least (beyond its own
+/// buffer when that is longer): what a stall of host-playd or of the guest
+/// of up to this long delivers late instead of losing. At the widest format
+/// (192 kHz, 8 channels, 32 bit) 3 MiB, less than the longest buffer a
+/// guest may ask anyway.
+pub const HOST_STALL_SLACK_USEC: u64 = 500_000;
 /// No audio from the recording stream for this long: the capture clock is
 /// reported as not running.
 pub const STALL_USEC: u64 = 200_000;
@@ -88,7 +95,13 @@ impl Capture {
         // A quarter of the latency per fragment, as PulseAudio's own
         // record streams ask, so the guest's queue refills in steps.
         let fragment = (buffer / 4 / frame * frame).max(frame);
-        let queue_limit = usize::try_from(buffer.max(fragment * 2)).unwrap_or(usize::MAX);
+        // A stall of host-playd itself (it is not real-time: a loaded host
+        // delays it) delivers the recording in a burst; the guest posts what
+        // arrives at once, so the backlog drains at socket speed. Dropping
+        // only beyond HOST_STALL_SLACK_USEC loses nothing to such a stall.
+        let slack = spec.usec_to_bytes(HOST_STALL_SLACK_USEC);
+        let queue_limit =
+            usize::try_from(buffer.max(fragment * 2).max(slack)).unwrap_or(usize::MAX);
         Capture {
             spec,
             name,

@@ -156,19 +156,20 @@ fn a_grant_during_opening_then_revoked_closes_the_half_open_stream() {
 }
 
 #[test]
-fn audio_goes_out_only_within_credit_and_the_queue_holds_one_buffer() {
+fn audio_goes_out_only_within_credit_and_the_queue_holds_the_stall_slack() {
     let mut c = capture(true, 0);
     let mut out = Vec::new();
     c.start(0, &mut out);
     attached(&mut c, 0, &mut out);
     out.clear();
-    // No credit: everything waits, at most one buffer (40 ms here).
+    // No credit: everything waits, at most one buffer (40 ms here) or the
+    // stall slack (500 ms), whichever is longer.
     for i in 0..100 {
         c.captured(chunk(10 * MS + i * 10 * MS, 10), &mut out);
     }
     assert_eq!(data_bytes(&out), 0);
     let dropped = c.dropped_bytes() as usize;
-    assert_eq!(dropped, 1000 * BYTES_PER_MS - 40 * BYTES_PER_MS);
+    assert_eq!(dropped, 1000 * BYTES_PER_MS - 500 * BYTES_PER_MS);
     // Credit for 25 ms: exactly that goes out, in whole frames.
     c.credit(25 * BYTES_PER_MS as u64, &mut out).unwrap();
     assert_eq!(data_bytes(&out), 25 * BYTES_PER_MS);
@@ -180,8 +181,8 @@ fn audio_goes_out_only_within_credit_and_the_queue_holds_one_buffer() {
     assert!(c.credit(25 * BYTES_PER_MS as u64 + 2, &mut out).is_err());
     // A credit far beyond what exists sends what exists, nothing more.
     c.credit(u64::MAX / 4 * 4, &mut out).unwrap();
-    assert_eq!(data_bytes(&out), 15 * BYTES_PER_MS);
-    assert_eq!(c.sent_bytes(), 40 * BYTES_PER_MS as u64);
+    assert_eq!(data_bytes(&out), 475 * BYTES_PER_MS);
+    assert_eq!(c.sent_bytes(), 500 * BYTES_PER_MS as u64);
 }
 
 #[test]
