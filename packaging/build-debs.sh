@@ -10,6 +10,9 @@
 #       modules built from its own release's headers.
 #   host-playd: /usr/bin/host-playd, /etc/host-playd/host-playd.toml, system
 #       and user systemd units (service + socket, not enabled), the man page.
+#   secure-tunnel-pipewire: /usr/bin/secure-tunnel-pipewire, the user unit
+#       secure-tunnel-pipewire.service (not enabled),
+#       /etc/default/secure-tunnel-pipewire, the man page.
 #   and their -dbgsym packages (debug symbols).
 #
 # Usage: packaging/build-debs.sh [--no-build] [--no-lintian] [--out DIR]
@@ -44,9 +47,11 @@ need pkg-config "package pkg-config"
 
 target="${SECURE_TUNNEL_TARGET_DIR:-$root/target}/release"
 if [ "$build" = 1 ]; then
-  (cd "$root" && cargo build --release -p host-playd -p module-secure-tunnel-sink -p module-secure-tunnel-source >&2)
+  (cd "$root" && cargo build --release -p host-playd -p module-secure-tunnel-sink \
+    -p module-secure-tunnel-source -p secure-tunnel-pipewire >&2)
 fi
-for f in host-playd libmodule_secure_tunnel_sink.so libmodule_secure_tunnel_source.so; do
+for f in host-playd libmodule_secure_tunnel_sink.so libmodule_secure_tunnel_source.so \
+  secure-tunnel-pipewire; do
   [ -f "$target/$f" ] || { log "$target/$f is missing: build first (cargo build --release)"; exit 1; }
 done
 target="$(cd "$target" && pwd)"

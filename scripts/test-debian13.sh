@@ -47,7 +47,9 @@ in_root() {
     bash -c "cd '$workspace' && $1"
 }
 in_root "SKIP_APT=1 SKIP_CARGO_TOOLS=1 scripts/setup.sh"
-in_root "cargo build --release -p module-secure-tunnel-sink -p module-secure-tunnel-source -p host-playd"
+# secure-tunnel-pipewire too: it must build against Debian 13's PipeWire 1.4
+# (Debian 12 has 0.3.65), and the packages test packages it.
+in_root "cargo build --release -p module-secure-tunnel-sink -p module-secure-tunnel-source -p host-playd -p secure-tunnel-pipewire"
 log13 "built after $((SECONDS - started)) s"
 version="$(strings "$root$target/release/libmodule_secure_tunnel_sink.so" | grep -x "$pa" | head -1 || true)"
 [ "$version" = "$pa" ] || { log13 "the module does not report version $pa"; exit 1; }

@@ -1,23 +1,32 @@
-//! docs/host-playd.8 is what the generator renders from the current CLI.
+//! Every committed page in docs/ is what the generator renders from the
+//! current command lines.
 use std::path::Path;
 
 #[test]
-fn committed_man_page_is_the_generated_one() {
-    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/host-playd.8");
-    let committed = std::fs::read_to_string(&committed).expect("docs/host-playd.8");
-    let generated = String::from_utf8(host_playd_man::render().expect("render")).expect("UTF-8");
-    assert!(
-        committed == generated,
-        "docs/host-playd.8 is stale (host-playd's CLI or man/*.8 changed): run\n  \
-         cargo run -p host-playd-man -- --write docs/host-playd.8\nfirst difference at line {}",
-        committed
-            .lines()
-            .zip(generated.lines())
-            .position(|(a, b)| a != b)
-            .map_or(
-                committed.lines().count().min(generated.lines().count()),
-                |i| i
-            )
-            + 1
-    );
+fn committed_man_pages_are_the_generated_ones() {
+    for page in &host_playd_man::PAGES {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(page.committed);
+        let committed =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", page.committed));
+        let generated = String::from_utf8(page.render().expect("render")).expect("UTF-8");
+        assert!(
+            committed == generated,
+            "{} is stale ({}'s CLI or man/{}/*.roff changed): run\n  \
+             cargo run -p host-playd-man -- --write-all\nfirst difference at line {}",
+            page.committed,
+            page.name,
+            page.name,
+            committed
+                .lines()
+                .zip(generated.lines())
+                .position(|(a, b)| a != b)
+                .map_or(
+                    committed.lines().count().min(generated.lines().count()),
+                    |i| i
+                )
+                + 1
+        );
+    }
 }

@@ -1,10 +1,10 @@
 //! `secure-tunnel-pipewire`: the PipeWire guest front end. A thin binary:
-//! the arguments ([`args`]), the pacing of graph cycles ([`pacer`], pure),
+//! the arguments (`secure_tunnel_pipewire::args`, in the library so that
+//! the man page is generated from them), the pacing of graph cycles ([`pacer`], pure),
 //! the SPA pods ([`pods`]) and the PipeWire session ([`service`]) over the
 //! shared guest core (`secure-tunnel-guest`).
 #![forbid(unsafe_code)]
 
-mod args;
 mod pacer;
 mod pods;
 mod service;
@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use log::{error, info};
 use secure_tunnel_guest::engine::Engine;
+use secure_tunnel_pipewire::args;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::service::{End, Service};

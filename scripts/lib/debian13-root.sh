@@ -16,6 +16,7 @@ debian13_packages=(
   pulseaudio pulseaudio-utils libpulse-dev libltdl-dev
   clang libclang-dev pkg-config gcc libc6-dev dpkg-dev xz-utils ca-certificates
   procps iproute2 passwd init-system-helpers build-essential debhelper lintian
+  libpipewire-0.3-dev
 )
 
 # Where the root's cargo builds (its bindings are PulseAudio 17.0's).

@@ -27,6 +27,7 @@ use secure_tunnel_e2e::{
 /// The module package is named after the PulseAudio release it is built for.
 const MODULE_PKG_PREFIX: &str = "pulseaudio-module-secure-tunnel-";
 const PLAYD_PKG: &str = "host-playd";
+const PIPEWIRE_PKG: &str = "secure-tunnel-pipewire";
 const SNIPPET: &str = "/etc/pulse/default.pa.d/secure-tunnel.pa";
 const MIC_SNIPPET: &str = "/etc/pulse/default.pa.d/secure-tunnel-mic.pa";
 const CONFIG: &str = "/etc/host-playd/host-playd.toml";
@@ -171,6 +172,8 @@ fn build_packages(out: &Path, module_pkg: &str) -> Vec<PathBuf> {
     let mut expected = vec![
         PLAYD_PKG.to_owned(),
         format!("{PLAYD_PKG}-dbgsym"),
+        PIPEWIRE_PKG.to_owned(),
+        format!("{PIPEWIRE_PKG}-dbgsym"),
         module_pkg.to_owned(),
         format!("{module_pkg}-dbgsym"),
     ];
@@ -371,7 +374,7 @@ fn installed_packages_play_bit_exact() {
         purge: Vec::new(),
         remove_user: !user_existed,
     };
-    for package in [module_pkg.as_str(), PLAYD_PKG] {
+    for package in [module_pkg.as_str(), PLAYD_PKG, PIPEWIRE_PKG] {
         if !installed(package) {
             installation.purge.push(package.to_owned());
         }
@@ -396,6 +399,13 @@ fn installed_packages_play_bit_exact() {
         PathBuf::from("/usr/lib/systemd/user/host-playd.service"),
         PathBuf::from("/usr/lib/systemd/user/host-playd.socket"),
         PathBuf::from("/usr/share/man/man8/host-playd.8.gz"),
+        PathBuf::from("/usr/bin/secure-tunnel-pipewire"),
+        PathBuf::from("/usr/lib/systemd/user/secure-tunnel-pipewire.service"),
+        PathBuf::from("/etc/default/secure-tunnel-pipewire"),
+        PathBuf::from("/usr/share/man/man1/secure-tunnel-pipewire.1.gz"),
+        // The units' Documentation= links.
+        PathBuf::from("/usr/share/doc/host-playd/host-setup.md"),
+        PathBuf::from("/usr/share/doc/secure-tunnel-pipewire/guest-setup.md"),
     ] {
         assert!(
             path.is_file(),
@@ -414,6 +424,14 @@ fn installed_packages_play_bit_exact() {
     assert_eq!(
         version.trim(),
         format!("host-playd {}", env!("CARGO_PKG_VERSION"))
+    );
+    let version = run_ok(
+        Command::new("/usr/bin/secure-tunnel-pipewire").arg("--version"),
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        version.trim(),
+        format!("secure-tunnel-pipewire {}", env!("CARGO_PKG_VERSION"))
     );
     let check = run_ok(
         Command::new("/usr/bin/host-playd").args(["--check-config", "--config", CONFIG]),
