@@ -73,6 +73,9 @@ struct State {
     clock: Clock,
     reported_nsec: Option<u64>,
     last_report: u64,
+    /// The engine's latency summed over the ticks since the last report
+    /// (usec, count): see [`State::latency_update`].
+    latency_sum: (i64, i64),
     dropped_logged: u64,
 }
 
@@ -81,6 +84,11 @@ impl State {
     fn tick(&mut self) {
         let now = self.clock.now();
         self.engine.poll_io(now);
+        let (sum, n) = self.latency_sum;
+        self.latency_sum = (
+            sum.saturating_add(self.engine.latency_usec(now)),
+            n.saturating_add(1),
+        );
         if self.engine.is_connected() {
             let credit = self.engine.render_budget(now) as u64;
             self.pacer.grant(Grant::Credit(credit));
@@ -120,9 +128,22 @@ impl State {
         if now.saturating_sub(self.last_report) < 1_000_000 / u64::from(LATENCY_UPDATES_PER_SEC) {
             return None;
         }
-        let nsec = u64::try_from(self.engine.latency_usec(now).max(0))
-            .unwrap_or(0)
-            .saturating_mul(1000);
+        // The mean over the ticks since the last report, not one reading:
+        // the engine's latency is a sawtooth (the rendered position jumps
+        // by a quantum at each cycle, the heard one advances smoothly), and
+        // one reading at a random phase told clients anything between its
+        // low and its high, a quantum apart (21 ms at 150 ms), from one
+        // report to the next. The mean is what PulseAudio clients (through
+        // pipewire-pulse) hear within a few ms; native clients hear about
+        // half a quantum less (docs/pipewire.md, "Latency": measured, and
+        // the low instead overshoots both).
+        let (sum, n) = std::mem::take(&mut self.latency_sum);
+        let usec = if n > 0 {
+            sum / n
+        } else {
+            self.engine.latency_usec(now)
+        };
+        let nsec = u64::try_from(usec.max(0)).unwrap_or(0).saturating_mul(1000);
         match self.reported_nsec {
             Some(old) if old.abs_diff(nsec) < LATENCY_STEP_NSEC => None,
             _ => {
@@ -156,6 +177,7 @@ impl Service {
                 engine,
                 clock: Clock::new(),
                 reported_nsec: None,
+                latency_sum: (0, 0),
                 last_report: 0,
                 dropped_logged: 0,
             })),

@@ -34,7 +34,7 @@ pub use binaries::{
 pub use error::HarnessError;
 pub use legit::{LegitGuest, LegitReport};
 pub use pactl::{parse_sinks, sink_input_count, SinkInfo};
-pub use pipewire::{PipeWireStack, TunnelService};
+pub use pipewire::{native_player, PipeWireStack, TunnelService};
 pub use playd::HostPlayd;
 pub use pulse::{
     guest_daemon, host_daemon, PulseDaemon, GUEST_SINK, HOST_SINK, MODULE_NAME, SOURCE_MODULE_NAME,

@@ -210,3 +210,48 @@ impl TunnelService {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
+
+/// `pw-time-play` (tests/clients/pw-time-play.c), a native PipeWire
+/// playback client that prints its stream clock as `pacat -v` does:
+/// compiled on first use with cc against libpipewire-0.3 into
+/// `<target>/release/pw-tests/`.
+pub fn native_player() -> Result<PathBuf, HarnessError> {
+    let src = crate::workspace_root().join("tests/clients/pw-time-play.c");
+    let out_dir = crate::target_dir().join("pw-tests");
+    let out = out_dir.join("pw-time-play");
+    let fresh = |out: &Path| {
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        matches!((modified(out), modified(&src)), (Some(o), Some(s)) if o >= s)
+    };
+    if fresh(&out) {
+        return Ok(out);
+    }
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| HarnessError::io(format!("creating {}", out_dir.display()), e))?;
+    let flags = output_with_timeout(
+        Command::new("pkg-config").args(["--cflags", "--libs", "libpipewire-0.3"]),
+        Duration::from_secs(10),
+    )?;
+    if !flags.status.success() {
+        return Err(HarnessError::Check {
+            what: "pkg-config libpipewire-0.3".into(),
+            detail: "missing: scripts/setup.sh installs libpipewire-0.3-dev".into(),
+        });
+    }
+    let tmp = out.with_extension("tmp");
+    let mut cc = Command::new("cc");
+    cc.args(["-O1", "-Wall", "-o"])
+        .arg(&tmp)
+        .arg(&src)
+        .args(String::from_utf8_lossy(&flags.stdout).split_whitespace());
+    let built = output_with_timeout(&mut cc, Duration::from_secs(120))?;
+    if !built.status.success() {
+        return Err(HarnessError::Check {
+            what: format!("compiling {}", src.display()),
+            detail: String::from_utf8_lossy(&built.stderr).into_owned(),
+        });
+    }
+    std::fs::rename(&tmp, &out)
+        .map_err(|e| HarnessError::io(format!("installing {}", out.display()), e))?;
+    Ok(out)
+}

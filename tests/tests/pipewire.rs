@@ -1,17 +1,19 @@
 //! The PipeWire front end in a real chain: a private PipeWire + WirePlumber +
 //! pipewire-pulse guest (Dummy-Driver, no sound card), `secure-tunnel-pipewire`,
 //! host-playd and a host PulseAudio. Audio is played with `pacat` through
-//! pipewire-pulse and recorded on the host sink's monitor.
+//! pipewire-pulse, or with a native PipeWire client (`pw-time-play`,
+//! tests/clients/), and recorded on the host sink's monitor.
 
 use std::io::{Read, Write};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use secure_tunnel_e2e::{
-    host_daemon, signal, HostPlayd, PipeWireStack, PulseDaemon, Recorder, TestDir, TunnelService,
-    HOST_SINK, RATE,
+    host_daemon, native_player, parse_sinks, signal, HostPlayd, PipeWireStack, PulseDaemon,
+    Recorder, TestDir, TunnelService, HOST_SINK, RATE,
 };
 
 const SINK: &str = "secure_tunnel";
@@ -93,30 +95,52 @@ impl Chain {
     }
 }
 
-/// What `pacat -v` printed: when, and the stream time it reported then.
+/// What the client printed: when, and the stream time it reported then.
 type TimeReports = Arc<Mutex<Vec<(Instant, f64)>>>;
 
-/// Plays `data` with `pacat -v` into the sink through pipewire-pulse;
-/// returns when it ended and the time reports it printed.
-fn play(pw: &PipeWireStack, data: Vec<u8>) -> Vec<(Instant, f64)> {
-    let mut cmd = pw.client("pacat");
-    cmd.args([
-        "-v",
-        &format!("--device={SINK}"),
-        "--format=s16le",
-        "--rate=48000",
-        "--channels=2",
-        "--raw",
-        // A client buffer well above the graph quantum: a pacat asking for
-        // less than one quantum underruns in pipewire-pulse itself.
-        "--latency-msec=100",
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("pacat");
-    let mut stdin = child.stdin.take().expect("pacat stdin");
-    let mut stderr = child.stderr.take().expect("pacat stderr");
+/// Who plays into the sink.
+#[derive(Debug, Clone, Copy)]
+enum Client {
+    /// `pacat -v` through pipewire-pulse (a PulseAudio client).
+    Pacat,
+    /// `pw-time-play`: a native PipeWire client, its clock from
+    /// `pw_stream_get_time_n`.
+    Native,
+}
+
+/// Plays `data` with `client` into the sink; returns when it ended and the
+/// time reports it printed ("Time: S sec; ..." lines on stderr).
+fn play(pw: &PipeWireStack, client: Client, data: Vec<u8>) -> Vec<(Instant, f64)> {
+    let mut cmd = match client {
+        Client::Pacat => {
+            let mut cmd = pw.client("pacat");
+            cmd.args([
+                "-v",
+                &format!("--device={SINK}"),
+                "--format=s16le",
+                "--rate=48000",
+                "--channels=2",
+                "--raw",
+                // A client buffer well above the graph quantum: a pacat
+                // asking for less than one quantum underruns in
+                // pipewire-pulse itself.
+                "--latency-msec=100",
+            ]);
+            cmd
+        }
+        Client::Native => {
+            let program = native_player().unwrap_or_else(|e| panic!("pw-time-play: {e}"));
+            let mut cmd = pw.client(&program.to_string_lossy());
+            cmd.arg(SINK);
+            cmd
+        }
+    };
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("the client");
+    let mut stdin = child.stdin.take().expect("the client's stdin");
+    let mut stderr = child.stderr.take().expect("the client's stderr");
     let reports: TimeReports = Arc::default();
     let sink = Arc::clone(&reports);
     let reader = thread::spawn(move || {
@@ -146,13 +170,17 @@ fn play(pw: &PipeWireStack, data: Vec<u8>) -> Vec<(Instant, f64)> {
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(status) = child.try_wait().expect("waiting for pacat") {
-            assert!(status.success(), "pacat failed: {status}\n{}", pw.logs());
+        if let Some(status) = child.try_wait().expect("waiting for the client") {
+            assert!(
+                status.success(),
+                "{client:?} failed: {status}\n{}",
+                pw.logs()
+            );
             break;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("pacat did not finish\n{}", pw.logs());
+            panic!("{client:?} did not finish\n{}", pw.logs());
         }
         thread::sleep(Duration::from_millis(20));
     }
@@ -205,6 +233,17 @@ fn with_lead_in(signal: &[i16]) -> Vec<u8> {
 /// the signal matches what pacat's stream clock predicts within 20 ms.
 #[test]
 fn pacat_through_pipewire_is_bit_exact_and_its_latency_true() {
+    heard_as_the_client_predicts(Client::Pacat);
+}
+
+/// The same for a native PipeWire client: its `pw_stream_get_time_n` delay
+/// includes the sink's port Latency param, so it too is told the truth.
+#[test]
+fn a_native_pipewire_client_is_bit_exact_and_its_latency_true() {
+    heard_as_the_client_predicts(Client::Native);
+}
+
+fn heard_as_the_client_predicts(client: Client) {
     // A roomy latency, as in end_to_end's bit_exact_playback: CI runs many
     // daemons on two cores, and a late block would be inserted silence.
     let chain = Chain::start(150);
@@ -213,7 +252,33 @@ fn pacat_through_pipewire_is_bit_exact_and_its_latency_true() {
     rec.wait_live(Duration::from_secs(5))
         .expect("host monitor live");
     let played = signal::pseudo_random(0x5EC7, 3 * FRAMES_PER_SEC);
-    let reports = play(&chain.pw, with_lead_in(&played));
+    // The host's null sink renders ahead of "now" by its own latency, and
+    // its monitor gets the audio when it is rendered: the instant a frame
+    // is heard on the host is its monitor arrival plus the sink's latency
+    // (which host-playd reports to the guest as part of the latency).
+    let done = AtomicBool::new(false);
+    let (reports, sink_latency_ms) = thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut samples = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                if let Ok(text) = chain.host.pactl_ok(&["list", "sinks"]) {
+                    samples.extend(
+                        parse_sinks(&text)
+                            .into_iter()
+                            .filter(|s| s.name == HOST_SINK && s.state == "RUNNING")
+                            .filter_map(|s| s.latency_usec)
+                            .map(|usec| usec as f64 / 1000.0),
+                    );
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            samples
+        });
+        let reports = play(&chain.pw, client, with_lead_in(&played));
+        done.store(true, Ordering::SeqCst);
+        let samples = sampler.join().expect("the sink latency sampler");
+        (reports, signal::median(&samples).unwrap_or(0.0))
+    });
     thread::sleep(Duration::from_millis(500));
     let recording = rec.stop();
     let samples = recording.samples();
@@ -237,9 +302,10 @@ fn pacat_through_pipewire_is_bit_exact_and_its_latency_true() {
     let (first_block, first_at) = blocks.found[0];
     let heard = recording
         .arrival_of_frame(first_at / 2)
-        .expect("arrival of the first exact block");
-    // pacat's stream time t at instant W means: what was written at t is
-    // heard at W. So the signal's first frame (written at t0) should be
+        .expect("arrival of the first exact block")
+        + Duration::from_secs_f64(sink_latency_ms / 1000.0);
+    // The client's stream time t at instant W means: what was written at t
+    // is heard at W. So the signal's first frame (written at t0) should be
     // heard at W + (t0 - t).
     let t0 = (LEAD_IN_FRAMES + first_block * BLOCK_FRAMES) as f64 / f64::from(RATE);
     let mut errors_ms: Vec<f64> = reports
@@ -260,17 +326,18 @@ fn pacat_through_pipewire_is_bit_exact_and_its_latency_true() {
         .collect();
     assert!(
         errors_ms.len() >= 5,
-        "pacat printed too few time reports: {reports:?}"
+        "{client:?} printed too few time reports: {reports:?}"
     );
     errors_ms.sort_by(f64::total_cmp);
     let median = errors_ms[errors_ms.len() / 2];
     eprintln!(
-        "heard minus predicted: median {median:.1} ms over {} reports",
+        "{client:?}: heard minus predicted: median {median:.1} ms over {} reports \
+         (the host sink's latency, {sink_latency_ms:.1} ms, added to its monitor's arrival)",
         errors_ms.len()
     );
     assert!(
         median.abs() <= 20.0,
-        "pacat's clock is off by {median:.1} ms (reports {errors_ms:?})\n{}",
+        "{client:?}'s clock is off by {median:.1} ms (reports {errors_ms:?})\n{}",
         chain.logs()
     );
 }
@@ -287,7 +354,7 @@ fn sink_survives_host_playd_and_pipewire_restarts() {
         rec.wait_live(Duration::from_secs(5))
             .expect("host monitor live");
         let played = signal::pseudo_random(0xBEEF, FRAMES_PER_SEC);
-        play(&chain.pw, with_lead_in(&played));
+        play(&chain.pw, Client::Pacat, with_lead_in(&played));
         thread::sleep(Duration::from_millis(400));
         let recording = rec.stop();
         let blocks = exact_blocks(&recording.samples(), &played);
