@@ -16,4 +16,4 @@ pub mod procstat;
 pub mod setups;
 pub mod stats;
 
-pub use setups::{Row, World};
+pub use setups::{Loaded, Row, World};

@@ -1,6 +1,7 @@
-//! The four ways a guest's sound reaches the host, all on one host
-//! PulseAudio (null sink `hostsink`, norewinds=1, 48 kHz s16 stereo): each
-//! is loaded for its turn and unloaded after it, so only one plays at a time.
+//! The ways a guest's sound reaches the host, all on one host PulseAudio
+//! (null sink `hostsink`, norewinds=1, 48 kHz s16 stereo): four from a
+//! PulseAudio guest and two from a PipeWire guest. Each is loaded for its
+//! turn and unloaded after it, so only one plays at a time.
 
 use std::{
     fs::File,
@@ -13,7 +14,8 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 use secure_tunnel_e2e::{
-    guest_daemon, host_daemon, HostPlayd, PulseDaemon, HOST_SINK, MODULE_NAME,
+    guest_daemon, host_daemon, HostPlayd, PipeWireStack, PulseDaemon, TunnelService, HOST_SINK,
+    MODULE_NAME,
 };
 
 const FORMAT: &str = "rate=48000 channels=2 format=s16le";
@@ -30,6 +32,9 @@ pub struct World {
     pub host: PulseDaemon,
     /// host-playd's socket.
     pub socket: PathBuf,
+    /// A private PipeWire guest (PipeWire + WirePlumber + pipewire-pulse)
+    /// for the PipeWire rows, when asked for.
+    pub pipewire: Option<PipeWireStack>,
 }
 
 impl World {
@@ -50,7 +55,20 @@ impl World {
             playd,
             host,
             socket,
+            pipewire: None,
         })
+    }
+
+    /// Adds the PipeWire guest the PipeWire rows play through.
+    pub fn with_pipewire(mut self) -> Result<Self> {
+        self.pipewire = Some(PipeWireStack::start().context("starting a private PipeWire")?);
+        Ok(self)
+    }
+
+    fn pipewire(&self) -> Result<&PipeWireStack> {
+        self.pipewire
+            .as_ref()
+            .context("a PipeWire row needs World::with_pipewire")
     }
 
     /// `module-secure-tunnel-sink` args for a `latency_msec` target.
@@ -73,11 +91,24 @@ pub enum Row {
     TunnelNew,
     /// module-pipe-sink, a FIFO copied to module-simple-protocol-tcp.
     Pipe,
+    /// A PipeWire guest: secure-tunnel-pipewire + host-playd, the player
+    /// on pipewire-pulse.
+    PwOurs,
+    /// A PipeWire guest: PipeWire's module-pulse-tunnel (pipewire-pulse's
+    /// `module-tunnel-sink`) into the host PulseAudio.
+    PwTunnel,
 }
 
 impl Row {
     /// Every row, in table order.
-    pub const ALL: [Row; 4] = [Row::Direct, Row::Ours, Row::TunnelNew, Row::Pipe];
+    pub const ALL: [Row; 6] = [
+        Row::Direct,
+        Row::Ours,
+        Row::TunnelNew,
+        Row::Pipe,
+        Row::PwOurs,
+        Row::PwTunnel,
+    ];
 
     /// The row's short name, for `--rows`.
     pub fn key(self) -> &'static str {
@@ -86,6 +117,8 @@ impl Row {
             Row::Ours => "ours",
             Row::TunnelNew => "tunnel-new",
             Row::Pipe => "pipe",
+            Row::PwOurs => "pw-ours",
+            Row::PwTunnel => "pw-tunnel",
         }
     }
 
@@ -96,7 +129,14 @@ impl Row {
             Row::Ours => "module-secure-tunnel-sink",
             Row::TunnelNew => "module-tunnel-sink-new",
             Row::Pipe => "pipe-sink + simple-protocol-tcp",
+            Row::PwOurs => "PipeWire: secure-tunnel-pipewire",
+            Row::PwTunnel => "PipeWire: module-pulse-tunnel",
         }
+    }
+
+    /// Whether the row plays through the PipeWire guest.
+    pub fn is_pipewire(self) -> bool {
+        matches!(self, Row::PwOurs | Row::PwTunnel)
     }
 
     /// Loads what the row needs; `latency_ms` is our module's
@@ -108,6 +148,8 @@ impl Row {
             guest_modules: Vec::new(),
             host_modules: Vec::new(),
             forwarder: None,
+            pipewire_modules: Vec::new(),
+            service: None,
         };
         match self {
             Row::Direct => {
@@ -155,6 +197,33 @@ impl Row {
                 loaded.sink = "pipe".to_owned();
                 loaded.forwarder = Some(forward(fifo, port)?);
             }
+            Row::PwOurs => {
+                let pw = world.pipewire()?;
+                let server = format!("unix:{}", world.socket.display());
+                let latency = latency_ms.to_string();
+                let service =
+                    TunnelService::start(pw, &["--server", &server, "--latency-msec", &latency])
+                        .context("starting secure-tunnel-pipewire")?;
+                loaded.service = Some(service);
+                pw.wait_sink("secure_tunnel", Duration::from_secs(10))
+                    .context("secure-tunnel-pipewire's sink")?;
+                loaded.server = pw.pulse_server();
+                loaded.sink = "secure_tunnel".to_owned();
+            }
+            Row::PwTunnel => {
+                let pw = world.pipewire()?;
+                let args = format!(
+                    "server={} sink={HOST_SINK} sink_name=pwtunnel {FORMAT}",
+                    world.host.server()
+                );
+                loaded
+                    .pipewire_modules
+                    .push(pw.load_module("module-tunnel-sink", &args)?);
+                pw.wait_sink("pwtunnel", Duration::from_secs(10))
+                    .context("module-pulse-tunnel's sink")?;
+                loaded.server = pw.pulse_server();
+                loaded.sink = "pwtunnel".to_owned();
+            }
         }
         Ok(loaded)
     }
@@ -170,9 +239,18 @@ pub struct Loaded {
     guest_modules: Vec<u32>,
     host_modules: Vec<u32>,
     forwarder: Option<JoinHandle<io::Result<u64>>>,
+    /// Modules loaded through pipewire-pulse.
+    pipewire_modules: Vec<u32>,
+    /// secure-tunnel-pipewire, stopped on unload.
+    service: Option<TunnelService>,
 }
 
 impl Loaded {
+    /// The pid of secure-tunnel-pipewire, on its row.
+    pub fn service_pid(&self) -> Option<u32> {
+        self.service.as_ref().map(TunnelService::pid)
+    }
+
     /// Unloads the guest's modules, then the host's, then waits for the
     /// forwarder: with the host end gone it cannot stay blocked on a full
     /// socket. Every step is tried; the first error is returned.
@@ -184,6 +262,22 @@ impl Loaded {
         for m in self.host_modules.drain(..).rev() {
             result = result.and(unload(&world.host, m));
         }
+        if let Some(pw) = &world.pipewire {
+            for m in self.pipewire_modules.drain(..).rev() {
+                let done = pw
+                    .pactl(&["unload-module", &m.to_string()])
+                    .map_err(anyhow::Error::from)
+                    .and_then(|o| {
+                        o.status
+                            .success()
+                            .then_some(())
+                            .with_context(|| format!("unloading pipewire-pulse module {m}"))
+                    });
+                result = result.and(done);
+            }
+        }
+        // Dropping the service stops it (SIGTERM, then SIGKILL).
+        drop(self.service.take());
         if let Some(f) = self.forwarder.take() {
             let _ = f.join();
         }

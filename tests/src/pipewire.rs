@@ -164,6 +164,38 @@ impl PipeWireStack {
         self.dir.path()
     }
 
+    /// The pids of PipeWire, WirePlumber and pipewire-pulse.
+    pub fn pids(&self) -> Vec<u32> {
+        self.daemons.iter().map(ChildGuard::id).collect()
+    }
+
+    /// pipewire-pulse's server address, for PulseAudio clients in this
+    /// process (libpulse's `unix:PATH`).
+    pub fn pulse_server(&self) -> String {
+        format!(
+            "unix:{}",
+            self.dir.path().join("runtime/pulse/native").display()
+        )
+    }
+
+    /// Loads a PulseAudio module through pipewire-pulse (those it
+    /// implements, e.g. `module-tunnel-sink` on PipeWire's
+    /// module-pulse-tunnel); its index.
+    pub fn load_module(&self, name: &str, args: &str) -> Result<u32, HarnessError> {
+        let mut argv = vec!["load-module", name];
+        argv.extend(args.split_whitespace());
+        let out = self.pactl(&argv)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .parse()
+            .ok()
+            .filter(|_| out.status.success())
+            .ok_or_else(|| HarnessError::Check {
+                what: format!("pactl load-module {name} {args} (pipewire-pulse)"),
+                detail: format!("{}{}", text, String::from_utf8_lossy(&out.stderr)),
+            })
+    }
+
     /// The tails of the daemons' logs.
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -204,6 +236,10 @@ impl TunnelService {
 
     pub fn is_alive(&mut self) -> bool {
         self.child.exit_status().is_none()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log(&self) -> String {

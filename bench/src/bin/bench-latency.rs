@@ -1,7 +1,9 @@
 //! Latency accuracy: how far `pa_stream_get_latency` in the guest is from
 //! the truth, for direct playback (the calibration), our tunnel,
-//! module-tunnel-sink-new and pipe-sink + simple-protocol-tcp, all in one
-//! run on one host PulseAudio.
+//! module-tunnel-sink-new and pipe-sink + simple-protocol-tcp from a
+//! PulseAudio guest, and secure-tunnel-pipewire and PipeWire's
+//! module-pulse-tunnel from a PipeWire guest (the player on pipewire-pulse),
+//! all in one run on one host PulseAudio.
 
 #![forbid(unsafe_code)]
 
@@ -20,7 +22,7 @@ use secure_tunnel_bench::{
 use secure_tunnel_e2e::HOST_SINK;
 
 const USAGE: &str = "latency-accuracy [--measure S] [--warmup S] [--period-ms MS] [--tlength-ms MS] [--fragsize-ms MS]
-              [--rows direct,ours,tunnel-new,pipe] [--targets 20,200] [--dump DIR]
+              [--rows direct,ours,tunnel-new,pipe,pw-ours,pw-tunnel] [--targets 20,200] [--dump DIR]
 
 Plays coded impulses through each path at latency targets 20 and 200 ms and
 prints, per path, heard - predicted relative to direct playback on the host.
@@ -45,11 +47,19 @@ fn main() -> Result<()> {
     let tlength_ms = opts.f64("tlength-ms", 10.0)?;
     let fragsize_ms = opts.f64("fragsize-ms", 5.0)?;
     let coder = Coder::every_ms(period_ms);
-    let rows = opts.select("rows", "direct,ours,tunnel-new,pipe", &Row::ALL, Row::key);
+    let rows = opts.select(
+        "rows",
+        "direct,ours,tunnel-new,pipe,pw-ours,pw-tunnel",
+        &Row::ALL,
+        Row::key,
+    );
     let targets: Vec<u32> = opts.list("targets", "20,200")?;
 
     let dump = opts.text("dump", "");
-    let world = World::start()?;
+    let mut world = World::start()?;
+    if rows.iter().any(|r| r.is_pipewire()) {
+        world = world.with_pipewire()?;
+    }
     let mut recorder = RecordProbe::start(
         &world.host.server(),
         &format!("{HOST_SINK}.monitor"),
@@ -118,8 +128,9 @@ fn run_row(
 fn print_table(target: u32, results: &[RowResult]) {
     println!();
     println!(
-        "== target {target} ms (our latency_msec={target}; tunnel-sink-new and pipe-sink have no \
-         latency argument in PulseAudio 16.1 and run as they are) =="
+        "== target {target} ms (our latency_msec / --latency-msec = {target}; tunnel-sink-new, \
+         pipe-sink and module-pulse-tunnel have no latency argument here and run as they are; \
+         the PipeWire rows' player is on pipewire-pulse) =="
     );
     let calibration = results
         .iter()
@@ -181,6 +192,14 @@ fn print_table(target: u32, results: &[RowResult]) {
     if let (Some(ours), Some(theirs)) = (find(Row::Ours), find(Row::TunnelNew)) {
         println!(
             "ratio ours / tunnel-sink-new: std {}, mean|err| {}, max|err| {}",
+            ratio(ours.std, theirs.std),
+            ratio(ours.mean_abs, theirs.mean_abs),
+            ratio(ours.max_abs, theirs.max_abs)
+        );
+    }
+    if let (Some(ours), Some(theirs)) = (find(Row::PwOurs), find(Row::PwTunnel)) {
+        println!(
+            "ratio secure-tunnel-pipewire / module-pulse-tunnel: std {}, mean|err| {}, max|err| {}",
             ratio(ours.std, theirs.std),
             ratio(ours.mean_abs, theirs.mean_abs),
             ratio(ours.max_abs, theirs.max_abs)
