@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use secure_tunnel_guest::config::{RawArgs, TunnelConfig};
+use secure_tunnel_guest::config::{CaptureConfig, CaptureRawArgs, RawArgs, TunnelConfig};
 use secure_tunnel_protocol::{SampleFormat, StreamSpec, MAX_CHANNELS, MAX_RATE, MIN_RATE};
 
 /// A PipeWire Audio/Sink that plays on the host through host-playd.
@@ -32,6 +32,15 @@ pub struct Args {
     /// Pause between connection attempts in milliseconds (100..=60000).
     #[arg(long, value_name = "MSEC")]
     pub reconnect_interval_msec: Option<String>,
+    /// Also create a microphone: an Audio/Source node of this node.name that
+    /// records from the host (only as far as host-playd's capture policy
+    /// allows; silence otherwise). Same format, rate and channels.
+    #[arg(long, value_name = "NAME")]
+    pub source_name: Option<String>,
+    /// The microphone's latency target in milliseconds (10..=5000,
+    /// default 40), announced to the host.
+    #[arg(long, value_name = "MSEC", requires = "source_name")]
+    pub source_latency_msec: Option<String>,
 }
 
 /// What the service runs with.
@@ -39,6 +48,8 @@ pub struct Args {
 pub struct Settings {
     pub tunnel: TunnelConfig,
     pub spec: StreamSpec,
+    /// The microphone, when `--source-name` asks for one.
+    pub capture: Option<CaptureConfig>,
 }
 
 /// PulseAudio's channel positions (the protocol's numbering,
@@ -81,6 +92,19 @@ impl Args {
             max_latency_msec: None,
         })
         .context("invalid arguments")?;
+        let capture = self
+            .source_name
+            .as_deref()
+            .map(|name| {
+                CaptureConfig::from_args(CaptureRawArgs {
+                    server: Some(&self.server),
+                    source_name: Some(name),
+                    latency_msec: self.source_latency_msec.as_deref(),
+                    reconnect_interval_msec: self.reconnect_interval_msec.as_deref(),
+                })
+            })
+            .transpose()
+            .context("invalid microphone arguments")?;
         let format = match self.format.as_str() {
             "s16le" => SampleFormat::S16Le,
             "s32le" => SampleFormat::S32Le,
@@ -104,7 +128,11 @@ impl Args {
         };
         spec.validate()
             .map_err(|e| anyhow::anyhow!("invalid stream: {e}"))?;
-        Ok(Settings { tunnel, spec })
+        Ok(Settings {
+            tunnel,
+            spec,
+            capture,
+        })
     }
 }
 
@@ -149,6 +177,20 @@ mod tests {
                 .unwrap_err()
         );
         assert!(err.contains("vsock:any:1"), "{err}");
+    }
+
+    #[test]
+    fn the_microphone_is_asked_for_by_its_name() {
+        assert!(parse(&[]).unwrap().capture.is_none());
+        let s = parse(&["--source-name", "mic", "--source-latency-msec", "80"]).unwrap();
+        let c = s.capture.expect("a microphone");
+        assert_eq!((c.source_name.as_str(), c.latency_msec), ("mic", 80));
+        let err = format!("{:#}", parse(&["--source-name", "a b"]).unwrap_err());
+        assert!(err.contains("source_name=a b"), "{err}");
+        assert!(
+            Args::try_parse_from(["x", "--server", "unix:/s", "--source-latency-msec", "80"])
+                .is_err()
+        );
     }
 
     #[test]

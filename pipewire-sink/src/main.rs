@@ -8,6 +8,7 @@
 mod pacer;
 mod pods;
 mod service;
+mod source_node;
 
 use std::time::Duration;
 
@@ -18,10 +19,12 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use log::{error, info};
 use secure_tunnel_guest::engine::Engine;
+use secure_tunnel_guest::source::SourceEngine;
 use secure_tunnel_pipewire::args;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::service::{End, Service};
+use crate::source_node::SourceState;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -39,6 +42,14 @@ fn run(args: &args::Args) -> Result<()> {
     pipewire::init();
     let description = format!("Secure tunnel to {}", settings.tunnel.server);
     let retry = Duration::from_millis(u64::from(settings.tunnel.reconnect_interval_msec));
+    let microphone = settings.capture.map(|c| {
+        let latency_msec = c.latency_msec;
+        let description = format!("Secure tunnel microphone from {}", c.server);
+        (
+            SourceState::new(SourceEngine::new(c, settings.spec.clone()), latency_msec),
+            description,
+        )
+    });
     let engine = Engine::new(settings.tunnel, settings.spec);
     // SIGTERM and SIGINT only set a flag; the loops check it every few ms.
     let stop = Arc::new(AtomicBool::new(false));
@@ -46,7 +57,7 @@ fn run(args: &args::Args) -> Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("installing a signal handler")?;
     }
-    let service = Service::new(engine, description, stop);
+    let service = Service::new(engine, microphone, description, stop);
     while !service.stopped() {
         match service.run_session() {
             Ok(End::Stop) => break,

@@ -65,35 +65,45 @@ fn prop(key: u32, value: Value) -> Property {
 }
 
 /// The port's Latency param (direction input: the latency downstream of a
-/// sink's input port), `nsec` from now to heard.
+/// sink's input port), `nsec` from now to heard; or the ProcessLatency.
 pub fn latency(id: u32, nsec: u64) -> Vec<u8> {
+    if id == sys::SPA_PARAM_Latency {
+        return latency_in(sys::SPA_DIRECTION_INPUT, nsec);
+    }
+    process_latency(nsec)
+}
+
+fn process_latency(nsec: u64) -> Vec<u8> {
     let ns = i64::try_from(nsec).unwrap_or(i64::MAX);
     serialize(&Value::Object(Object {
-        type_: if id == sys::SPA_PARAM_Latency {
-            sys::SPA_TYPE_OBJECT_ParamLatency
-        } else {
-            sys::SPA_TYPE_OBJECT_ParamProcessLatency
-        },
-        id,
-        properties: if id == sys::SPA_PARAM_Latency {
-            vec![
-                prop(
-                    sys::SPA_PARAM_LATENCY_direction,
-                    Value::Id(spa::utils::Id(sys::SPA_DIRECTION_INPUT)),
-                ),
-                prop(sys::SPA_PARAM_LATENCY_minQuantum, Value::Float(0.0)),
-                prop(sys::SPA_PARAM_LATENCY_maxQuantum, Value::Float(0.0)),
-                prop(sys::SPA_PARAM_LATENCY_minRate, Value::Int(0)),
-                prop(sys::SPA_PARAM_LATENCY_maxRate, Value::Int(0)),
-                prop(sys::SPA_PARAM_LATENCY_minNs, Value::Long(ns)),
-                prop(sys::SPA_PARAM_LATENCY_maxNs, Value::Long(ns)),
-            ]
-        } else {
-            vec![
-                prop(sys::SPA_PARAM_PROCESS_LATENCY_quantum, Value::Float(0.0)),
-                prop(sys::SPA_PARAM_PROCESS_LATENCY_rate, Value::Int(0)),
-                prop(sys::SPA_PARAM_PROCESS_LATENCY_ns, Value::Long(ns)),
-            ]
-        },
+        type_: sys::SPA_TYPE_OBJECT_ParamProcessLatency,
+        id: sys::SPA_PARAM_ProcessLatency,
+        properties: vec![
+            prop(sys::SPA_PARAM_PROCESS_LATENCY_quantum, Value::Float(0.0)),
+            prop(sys::SPA_PARAM_PROCESS_LATENCY_rate, Value::Int(0)),
+            prop(sys::SPA_PARAM_PROCESS_LATENCY_ns, Value::Long(ns)),
+        ],
+    }))
+}
+
+/// A Latency param of `direction`: input for a sink's port (from now to
+/// heard), output for a source's (from captured to now).
+pub fn latency_in(direction: u32, nsec: u64) -> Vec<u8> {
+    let ns = i64::try_from(nsec).unwrap_or(i64::MAX);
+    serialize(&Value::Object(Object {
+        type_: sys::SPA_TYPE_OBJECT_ParamLatency,
+        id: sys::SPA_PARAM_Latency,
+        properties: vec![
+            prop(
+                sys::SPA_PARAM_LATENCY_direction,
+                Value::Id(spa::utils::Id(direction)),
+            ),
+            prop(sys::SPA_PARAM_LATENCY_minQuantum, Value::Float(0.0)),
+            prop(sys::SPA_PARAM_LATENCY_maxQuantum, Value::Float(0.0)),
+            prop(sys::SPA_PARAM_LATENCY_minRate, Value::Int(0)),
+            prop(sys::SPA_PARAM_LATENCY_maxRate, Value::Int(0)),
+            prop(sys::SPA_PARAM_LATENCY_minNs, Value::Long(ns)),
+            prop(sys::SPA_PARAM_LATENCY_maxNs, Value::Long(ns)),
+        ],
     }))
 }

@@ -20,6 +20,7 @@ use secure_tunnel_guest::session::Activity;
 
 use crate::pacer::{Grant, Pacer};
 use crate::pods;
+use crate::source_node::{SourceNode, SourceState};
 
 /// How often the engine is driven: credit from the host arrives at the
 /// host's period (~10 ms), so a 4 ms tick keeps the graph within a few ms
@@ -159,6 +160,8 @@ impl State {
 pub struct Service {
     state: Rc<RefCell<State>>,
     description: String,
+    /// The microphone (`--source-name`) and its node's description.
+    microphone: Option<(Rc<RefCell<SourceState>>, String)>,
     /// Set by SIGTERM or SIGINT.
     stop: Arc<AtomicBool>,
     /// The last session error logged, so a PipeWire that stays away is
@@ -167,7 +170,12 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(engine: Engine, description: String, stop: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        engine: Engine,
+        microphone: Option<(SourceState, String)>,
+        description: String,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
         let spec = engine.spec().clone();
         let frames = quantum_frames(engine.target_latency_usec() / 1000, spec.rate);
         let quantum = frames * u64::from(spec.frame_size());
@@ -182,6 +190,7 @@ impl Service {
                 dropped_logged: 0,
             })),
             description,
+            microphone: microphone.map(|(s, d)| (Rc::new(RefCell::new(s)), d)),
             stop,
             last_error: RefCell::new(None),
         }
@@ -210,12 +219,18 @@ impl Service {
                 st.engine.set_activity(Activity::Suspended, now);
                 st.tick();
             }
+            if let Some((mic, _)) = &self.microphone {
+                mic.borrow_mut().idle();
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     pub fn shutdown(&self, why: &str) {
         self.state.borrow_mut().engine.shutdown(why);
+        if let Some((mic, _)) = &self.microphone {
+            mic.borrow_mut().shutdown(why);
+        }
     }
 
     /// Runs one PipeWire session until PipeWire goes away or a signal.
@@ -252,9 +267,14 @@ impl Service {
             *pw::keys::NODE_DESCRIPTION => self.description.as_str(),
             *pw::keys::MEDIA_TYPE => "Audio",
             *pw::keys::MEDIA_CATEGORY => "Playback",
-            // Driven by the host's credit: prefer being the driver over the
-            // dummy driver so linked clients follow the host's clock.
-            "priority.driver" => "30000",
+            // Driven by the host's credit. Below the Dummy-Driver's 20000, above a card's ~1000-2000: the
+            // clients linked to the sink are in its partition and follow it
+            // (its clock is the host's credit), and so does a client linked
+            // to it and a card; but a partition with no driver of its own
+            // (a recording from our microphone node) goes to the
+            // Dummy-Driver, not to this sink's credit pace (at 30000 it
+            // went here, and its cycles stopped while nothing played).
+            "priority.driver" => "19000",
             "priority.session" => "1000",
             "node.want-driver" => "false",
             "node.latency" => format!("{}/{}", quantum_frames(latency_msec, spec.rate), spec.rate).as_str(),
@@ -315,8 +335,18 @@ impl Service {
             .context("connecting the sink stream")?;
         info!("sink {name} ({}) created", self.description);
 
+        let source = match &self.microphone {
+            Some((mic, description)) => Some(Rc::new(SourceNode::create(
+                &core,
+                mic.clone(),
+                description,
+            )?)),
+            None => None,
+        };
+
         *self.last_error.borrow_mut() = None;
         let timer = mainloop.loop_().add_timer({
+            let source = source.clone();
             let st = st.clone();
             let stream = stream.clone();
             let stop = self.stop.clone();
@@ -330,7 +360,10 @@ impl Service {
                     }
                     return;
                 }
-                drive(&st, &stream)
+                drive(&st, &stream);
+                if let Some(source) = &source {
+                    source.drive();
+                }
             }
         });
         timer.update_timer(Some(TICK), Some(TICK));
@@ -342,6 +375,10 @@ impl Service {
             let now = st.clock.now();
             st.engine.set_activity(Activity::Suspended, now);
             st.reported_nsec = None;
+        }
+        drop(timer);
+        if let Some(node) = source.and_then(|s| Rc::try_unwrap(s).ok()) {
+            node.close();
         }
         let _ = stream.disconnect();
         Ok(how)

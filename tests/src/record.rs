@@ -82,7 +82,12 @@ pub struct Recorder {
 impl Recorder {
     /// Starts recording `source` of `daemon`.
     pub fn start(daemon: &PulseDaemon, source: &str) -> Result<Self, HarnessError> {
-        let mut cmd = daemon.client("parec")?;
+        Self::with_parec(daemon.client("parec")?, source)
+    }
+
+    /// Starts recording `source` with `parec`, a command already aimed at
+    /// its server (e.g. [`crate::PipeWireStack::client`]`("parec")`).
+    pub fn with_parec(mut cmd: std::process::Command, source: &str) -> Result<Self, HarnessError> {
         cmd.arg(format!("--device={source}"))
             .args(FORMAT_ARGS)
             .arg("--latency-msec=10")
