@@ -35,6 +35,9 @@ pub const MAX_CAPTURE_WINDOW_USEC: u64 = 1_000_000;
 pub const MAX_CAPTURE_WINDOW_BYTES: u64 = 4 * 1024 * 1024;
 /// Reported latency is clamped here, whatever the host claims.
 pub const MAX_CAPTURE_LATENCY_USEC: u64 = 10_000_000;
+/// How far ahead of the guest's now a clock report may be dated (a host
+/// dates a negative latency, a monitor's, as delay 0 that much later).
+pub const REPORT_AHEAD_MAX_USEC: u64 = 500_000;
 
 /// What the guest shows about its microphone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +79,9 @@ pub struct CaptureSession {
     recording_sent: bool,
     state: CaptureState,
     clock: ClockMapper,
-    /// Latest report: (guest time, head position in bytes, running).
-    head: Option<(u64, u64, bool)>,
+    /// Latest report: (guest time, head position in bytes, running, how far
+    /// ahead of its arrival it was dated).
+    head: Option<(u64, u64, bool, u64)>,
     last_host_time: u64,
     dropped: u64,
     last_rx: u64,
@@ -243,16 +247,24 @@ impl CaptureSession {
             return Ok(()); // the host clock went back: ignore the report
         }
         self.last_host_time = r.host_time_usec;
+        // A report may be dated up to REPORT_AHEAD_MAX_USEC ahead: the
+        // host dates a negative latency (a monitor's) as delay 0 later on.
         let at = self
             .clock
             .host_to_guest(r.host_time_usec)
             .unwrap_or(now)
-            .min(now);
+            .min(now.saturating_add(REPORT_AHEAD_MAX_USEC));
         let delay = self
             .spec
             .usec_to_bytes(u64::from(r.delay_usec).min(MAX_CAPTURE_LATENCY_USEC));
         let head = r.sent_bytes.saturating_add(delay);
-        self.head = Some((at, head, r.running && self.state == CaptureState::Attached));
+        let ahead = at.saturating_sub(now);
+        self.head = Some((
+            at,
+            head,
+            r.running && self.state == CaptureState::Attached,
+            ahead,
+        ));
         Ok(())
     }
 
@@ -325,16 +337,22 @@ impl CaptureSession {
     /// there is no clock report.
     pub fn latency_usec(&self, now: u64) -> u64 {
         let queued = self.spec.bytes_to_usec(self.queue.len() as u64);
-        let Some((at, head, running)) = self.head else {
+        let Some((at, head, running, ahead)) = self.head else {
             return queued.min(MAX_CAPTURE_LATENCY_USEC);
         };
         let mut head_usec = self.spec.bytes_to_usec(head);
         if running {
-            head_usec = head_usec.saturating_add(now.saturating_sub(at));
+            head_usec = if now >= at {
+                head_usec.saturating_add(now - at)
+            } else {
+                head_usec.saturating_sub(at - now)
+            };
         }
         head_usec
             .saturating_sub(self.spec.bytes_to_usec(self.posted))
-            .max(queued)
+            // The local queue is at least that old, unless the host dated
+            // its audio ahead (a monitor's: see on_clock).
+            .max(queued.saturating_sub(ahead))
             .min(MAX_CAPTURE_LATENCY_USEC)
     }
 
@@ -528,6 +546,55 @@ mod tests {
             assert!((lat as i64 - 15_000).abs() <= 100, "after take {lat}");
         }
         assert!(now > 3 * 3600 * 1_000_000 - 1);
+    }
+
+    /// A monitor's negative record latency comes as delay 0 dated ahead:
+    /// the latency is that much lower, and a date beyond the bound counts
+    /// as the bound.
+    #[test]
+    fn a_report_dated_ahead_lowers_the_latency() {
+        let mut s = open(0);
+        credit(&mut s);
+        s.on_message(
+            HostMessage::CaptureState {
+                state: CaptureState::Attached,
+            },
+            0,
+        )
+        .unwrap();
+        // Pongs map host time = guest time.
+        s.poll(1_000).unwrap();
+        for m in s.drain_outgoing().collect::<Vec<_>>() {
+            if let GuestMessage::Ping { guest_time_usec } = m {
+                s.on_message(
+                    HostMessage::Pong {
+                        guest_time_usec,
+                        host_time_usec: guest_time_usec,
+                    },
+                    1_000,
+                )
+                .unwrap();
+            }
+        }
+        s.on_message(HostMessage::CaptureData(vec![0; 1920]), 100_000)
+            .unwrap();
+        // At 100 ms, the data's end is "now" 4 ms later: 10 ms queued, less 4.
+        s.on_message(report(104_000, 1920, 0, true), 100_000)
+            .unwrap();
+        assert_eq!(s.latency_usec(100_000), 6_000);
+        assert_eq!(s.latency_usec(103_000), 9_000);
+        assert_eq!(s.latency_usec(110_000), 16_000);
+        // Dated beyond the bound: the bound (500 ms ahead), and never below 0.
+        s.on_message(
+            report(100_000 + 10 * REPORT_AHEAD_MAX_USEC, 1920, 0, true),
+            100_000,
+        )
+        .unwrap();
+        assert_eq!(s.latency_usec(100_000), 0);
+        assert_eq!(
+            s.latency_usec(100_000 + REPORT_AHEAD_MAX_USEC + 7_000),
+            17_000
+        );
     }
 
     #[test]

@@ -45,7 +45,9 @@ pub struct CaptureParams {
 /// Audio recorded for one capture stream, with its timing: at
 /// `host_time_usec` (right after `data` was read), the backend held
 /// `delay_usec` of audio beyond the end of `data` (the source's latency
-/// plus what the recording stream captured and did not deliver yet).
+/// plus what the recording stream captured and did not deliver yet). A
+/// negative latency (a monitor's) is given as delay 0 at a later
+/// `host_time_usec`: the end of `data` is "now" that much later.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Captured {
     pub host_time_usec: u64,

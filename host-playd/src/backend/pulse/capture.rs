@@ -22,6 +22,10 @@ use pulse::stream::{FlagSet as StreamFlags, Latency, PeekResult, State as Stream
 use super::{channel_map, pa_text, sample_spec};
 use crate::backend::{CaptureParams, Captured};
 
+/// A negative record latency beyond this is not believed (a monitor's is a
+/// few milliseconds: the sink's own latency).
+const MAX_NEGATIVE_LATENCY_USEC: u64 = 500_000;
+
 /// What the lookup of the pinned source found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Lookup {
@@ -157,12 +161,24 @@ impl Recorder {
         let Phase::Recording { stream, .. } = &self.phase else {
             return None;
         };
-        let delay_usec = match stream.get_latency() {
-            Ok(Latency::Positive(usec)) => u32::try_from(usec.0).unwrap_or(u32::MAX),
-            Ok(Latency::Negative(_) | Latency::None) | Err(_) => 0,
+        // A monitor's record stream reports a negative latency (measured:
+        // -1.7 to -6.8 ms on a null sink's monitor): its audio is dated by
+        // when it will be played, and the sink renders ahead. The report
+        // cannot carry a negative delay, but "-d at now" is "0 at now + d"
+        // (the position advances at real time): the report is dated that
+        // far ahead. Clamped to 0 instead, it made the guest's source
+        // latency that much too high (the 5-6 ms bias of issue 15's
+        // benchmark).
+        let (host_time_usec, delay_usec) = match stream.get_latency() {
+            Ok(Latency::Positive(usec)) => (now_usec, u32::try_from(usec.0).unwrap_or(u32::MAX)),
+            Ok(Latency::Negative(usec)) => (
+                now_usec.saturating_add(usec.0.min(MAX_NEGATIVE_LATENCY_USEC)),
+                0,
+            ),
+            Ok(Latency::None) | Err(_) => (now_usec, 0),
         };
         Some(Captured {
-            host_time_usec: now_usec,
+            host_time_usec,
             delay_usec,
             data: std::mem::take(&mut self.pending),
         })
