@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Load and unload the tunnel sink CYCLES times (default 200) in a guest
+# Load and unload the tunnel sink and the microphone source (issue 15)
+# CYCLES times (default 200) in a guest
 # PulseAudio that runs under valgrind's memcheck, then read valgrind's report:
 # memory errors (invalid reads/writes, uninitialised values, bad frees) and
 # definitely/indirectly lost blocks, each attributed to our module (a frame of
@@ -10,6 +11,8 @@
 #   guest PulseAudio (valgrind) + module -> host-playd -> host PulseAudio (null sink)
 # Host PulseAudio and host-playd run natively. Of the cycles:
 #   every 10th (5, 15, ...): wait until connected, play 0.2 s (streaming path)
+#                             and record 0.3 s from the source (host-playd
+#                             allows capture from the host sink's monitor)
 #   every 20th (20, 40, ...): server is a socket nobody listens on; stay 0.5 s
 #                             and play 0.2 s (failed connects, null-sink pacing)
 #   the others: load, unload at once (mostly just after the handshake, now
@@ -72,8 +75,9 @@ trap cleanup EXIT
 
 die() { echo "$tag: $*" >&2; exit 2; }
 
-for f in target/release/host-playd target/release/libmodule_secure_tunnel_sink.so; do
-  [ -e "$f" ] || die "$f missing; build with cargo build --release -p host-playd -p module-secure-tunnel-sink"
+for f in target/release/host-playd target/release/libmodule_secure_tunnel_sink.so \
+  target/release/libmodule_secure_tunnel_source.so; do
+  [ -e "$f" ] || die "$f missing; build with cargo build --release -p host-playd -p module-secure-tunnel-sink -p module-secure-tunnel-source"
 done
 for t in valgrind vgdb pulseaudio pactl pacat timeout; do
   command -v "$t" >/dev/null || die "$t not found (apt-get install -y valgrind pulseaudio pulseaudio-utils)"
@@ -85,7 +89,7 @@ done
 
 # Frames that make a valgrind record ours: our crates' symbols (demangled or
 # not), our shared object when it has no debug info, our C entry points.
-ours_re='module_secure_tunnel|secure_tunnel_protocol|secure_tunnel_timing|libmodule_secure_tunnel_sink|: pa__(init|done|get_[a-z_]+) '
+ours_re='module_secure_tunnel|secure_tunnel_protocol|secure_tunnel_timing|secure_tunnel_guest|pulse_module_sys|libmodule_secure_tunnel_(sink|source)|: pa__(init|done|get_[a-z_]+) '
 
 supp=()
 for s in "$root"/scripts/valgrind/*.supp; do
@@ -159,6 +163,15 @@ play_burst() {
     --channels=2 --latency-msec=60 "$burst" || echo "$tag: cycle $1: pacat failed" >&2
 }
 
+# About 0.5 s from the guest's microphone; something must arrive (what it
+# is, is not checked here: tests/tests/capture.rs does that).
+record_burst() {
+  local out="$work/mic-burst.raw"
+  timeout 1 parec --server "$gserver" -d vg_mic --raw --format=s16le --rate=48000 \
+    --channels=2 --latency-msec=20 >"$out" 2>/dev/null || true
+  [ -s "$out" ] || echo "$tag: cycle $1: parec recorded nothing" >&2
+}
+
 # Stops the guest cleanly (valgrind prints its leak report at exit) and
 # waits for it. Sets guest_status.
 stop_guest() {
@@ -196,7 +209,7 @@ snapshot() {
 # One guest lifetime: $1 label, $2 cycles. Writes $work/$1/{valgrind.log,
 # pulseaudio.log,mem,status}.
 run_guest() {
-  local label="$1" n="$2" dir="$work/$1" t0 t1 t2 c server idx connected=0 play=0 unreach=0
+  local label="$1" n="$2" dir="$work/$1" t0 t1 t2 c server idx src connected=0 play=0 unreach=0
   t0="$(now)"
   start_guest_valgrind "$dir"
   t1="$(now)"
@@ -212,6 +225,15 @@ run_guest() {
       failed=1
       break
     fi
+    # The microphone too (host-playd allows capture from the host sink's
+    # monitor here, so its attached path runs).
+    if ! src="$(gpactl load-module module-secure-tunnel-source "server=$server" \
+      source_name=vg_mic latency_msec=40 rate=48000 channels=2 format=s16le \
+      reconnect_interval_msec=100 2>"$dir/pactl.err")"; then
+      echo "$tag: [$label] cycle $c: load-module (source) failed: $(cat "$dir/pactl.err")" >&2
+      failed=1
+      break
+    fi
     if ((c % 20 == 0)); then
       sleep 0.5
       play_burst "$c"
@@ -220,8 +242,16 @@ run_guest() {
       if wait_connected 20; then connected=$((connected + 1)); else
         echo "$tag: [$label] cycle $c: not connected after 20 s" >&2
       fi
+      record_burst "$c" &
+      local rec_pid=$!
       play_burst "$c"
+      wait "$rec_pid"
       play=$((play + 1))
+    fi
+    if ! gpactl unload-module "$src" 2>"$dir/pactl.err"; then
+      echo "$tag: [$label] cycle $c: unload-module $src failed: $(cat "$dir/pactl.err")" >&2
+      failed=1
+      break
     fi
     if ! gpactl unload-module "$idx" 2>"$dir/pactl.err"; then
       echo "$tag: [$label] cycle $c: unload-module $idx failed: $(cat "$dir/pactl.err")" >&2
@@ -334,7 +364,9 @@ summarise() {
 
 start_pulse "$work/host" \
   -L "module-null-sink sink_name=vg_host rate=48000 channels=2 format=s16le norewinds=1"
-start_playd --pulse-server "unix:$work/host/native" --sink vg_host --log-level info
+printf '[defaults]\ncapture = "allow"\n' >"$work/host-playd.toml"
+start_playd --pulse-server "unix:$work/host/native" --sink vg_host --log-level info \
+  --config "$work/host-playd.toml" --capture-source vg_host.monitor --capture-allow-monitor
 [ -S "$work/playd.sock" ] || die "host-playd did not create its socket; $(tail -5 "$work/host-playd.log")"
 
 t_all="$(now)"
@@ -351,6 +383,15 @@ if [ -f "$work/baseline/status" ]; then
 fi
 if [ -f "$work/cycles/status" ]; then
   summarise cycles
+  # The microphone's attached path must have run (every 10th cycle records).
+  # (Counted from its log lines, which host-playd rate-limits per peer: the
+  # count is a floor.)
+  captures="$(grep -cE 'capture (started|stopped, [1-9])' "$work/host-playd.log" || true)"
+  echo "    host-playd logged $captures capture start/stop line(s) for the guest's source"
+  if [ "$cycles" -ge 5 ] && [ "${captures:-0}" -eq 0 ]; then
+    echo "$tag: FAIL: the source never got the host's audio (capture never started)"
+    failed=1
+  fi
   [ "$our_errors" -eq 0 ] || { echo "$tag: FAIL: $our_errors memcheck error(s) in our module"; failed=1; }
   [ "$our_leaks" -eq 0 ] || { echo "$tag: FAIL: $our_leaks leak record(s) in our module"; failed=1; }
   if [ -n "$base_def" ]; then

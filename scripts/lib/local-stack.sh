@@ -71,4 +71,8 @@ make_module_dir() {
   ln -s "$(pkg-config --variable=modlibexecdir libpulse)"/* "$mods/"
   ln -sf "$root/target/release/libmodule_secure_tunnel_sink.so" \
     "$mods/module-secure-tunnel-sink.so"
+  if [ -e "$root/target/release/libmodule_secure_tunnel_source.so" ]; then
+    ln -sf "$root/target/release/libmodule_secure_tunnel_source.so" \
+      "$mods/module-secure-tunnel-source.so"
+  fi
 }

@@ -1,8 +1,10 @@
 //! Issue 5's "load and unload the module 200 times → no crash and no growth
 //! (valgrind where it fits)": `scripts/valgrind-load-unload.sh` runs the
-//! guest PulseAudio under memcheck, loads and unloads the real module 200
-//! times against a real host-playd (streaming on every 10th cycle, an
-//! unreachable host on every 20th), and fails on any memcheck error or leak
+//! guest PulseAudio under memcheck, loads and unloads the real sink and
+//! source modules 200 times against a real host-playd (streaming and
+//! recording on every 10th cycle, capture allowed from the host sink's
+//! monitor, an unreachable host on every 20th), and fails on any memcheck
+//! error or leak
 //! in our code, on definitely-lost growth over a baseline guest, and on
 //! still-reachable growth after cycle 50. About a minute on 2 cores.
 //!
