@@ -64,15 +64,7 @@ fn prop(key: u32, value: Value) -> Property {
     }
 }
 
-/// The port's Latency param (direction input: the latency downstream of a
-/// sink's input port), `nsec` from now to heard; or the ProcessLatency.
-pub fn latency(id: u32, nsec: u64) -> Vec<u8> {
-    if id == sys::SPA_PARAM_Latency {
-        return latency_in(sys::SPA_DIRECTION_INPUT, nsec);
-    }
-    process_latency(nsec)
-}
-
+/// The ProcessLatency param, `nsec`.
 fn process_latency(nsec: u64) -> Vec<u8> {
     let ns = i64::try_from(nsec).unwrap_or(i64::MAX);
     serialize(&Value::Object(Object {
@@ -106,4 +98,21 @@ pub fn latency_in(direction: u32, nsec: u64) -> Vec<u8> {
             prop(sys::SPA_PARAM_LATENCY_maxNs, Value::Long(ns)),
         ],
     }))
+}
+
+/// Publishes `nsec` as the port's Latency (of `direction`: input for the
+/// sink, output for the source) and a ProcessLatency of 0 (from PipeWire
+/// 1.3.81 on a stream's process latency is added to its Latency, which
+/// already holds it all). `what` names the node in the warning on failure.
+pub fn publish_latency(stream: &pipewire::stream::Stream, direction: u32, nsec: u64, what: &str) {
+    let lat = latency_in(direction, nsec);
+    let plat = process_latency(0);
+    let pods = [
+        spa::pod::Pod::from_bytes(&lat),
+        spa::pod::Pod::from_bytes(&plat),
+    ];
+    let mut params: Vec<&spa::pod::Pod> = pods.into_iter().flatten().collect();
+    if let Err(e) = stream.update_params(&mut params) {
+        log::warn!("cannot update the {what}'s latency: {e}");
+    }
 }

@@ -414,16 +414,7 @@ fn drive(st: &Rc<RefCell<State>>, stream: &pw::stream::Stream) {
         .ok()
         .and_then(|mut st| st.latency_update());
     if let Some(nsec) = update {
-        let lat = pods::latency(spa::sys::SPA_PARAM_Latency, nsec);
-        let plat = pods::latency(spa::sys::SPA_PARAM_ProcessLatency, 0);
-        let pods = [
-            spa::pod::Pod::from_bytes(&lat),
-            spa::pod::Pod::from_bytes(&plat),
-        ];
-        let mut params: Vec<&spa::pod::Pod> = pods.into_iter().flatten().collect();
-        if let Err(e) = stream.update_params(&mut params) {
-            warn!("cannot update the sink's latency: {e}");
-        }
+        pods::publish_latency(stream, spa::sys::SPA_DIRECTION_INPUT, nsec, "sink");
     }
 }
 

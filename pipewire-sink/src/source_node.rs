@@ -232,16 +232,7 @@ impl SourceNode {
             .ok()
             .and_then(|mut st| st.latency_update());
         if let Some(nsec) = update {
-            let lat = pods::latency_in(spa::sys::SPA_DIRECTION_OUTPUT, nsec);
-            let plat = pods::latency(spa::sys::SPA_PARAM_ProcessLatency, 0);
-            let pods = [
-                spa::pod::Pod::from_bytes(&lat),
-                spa::pod::Pod::from_bytes(&plat),
-            ];
-            let mut params: Vec<&spa::pod::Pod> = pods.into_iter().flatten().collect();
-            if let Err(e) = self.stream.update_params(&mut params) {
-                warn!("cannot update the source's latency: {e}");
-            }
+            pods::publish_latency(&self.stream, spa::sys::SPA_DIRECTION_OUTPUT, nsec, "source");
         }
     }
 
