@@ -116,3 +116,20 @@ pub fn publish_latency(stream: &pipewire::stream::Stream, direction: u32, nsec: 
         log::warn!("cannot update the {what}'s latency: {e}");
     }
 }
+
+/// Connects `stream` offering exactly `spec`'s format (the one EnumFormat
+/// the node takes), in `direction` with `flags`.
+pub fn connect(
+    stream: &pipewire::stream::Stream,
+    spec: &StreamSpec,
+    direction: spa::utils::Direction,
+    flags: pipewire::stream::StreamFlags,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let format = format(spec);
+    let mut params = [spa::pod::Pod::from_bytes(&format).context("format pod")?];
+    stream
+        .connect(direction, None, flags, &mut params)
+        .context("connecting the stream")?;
+    Ok(())
+}

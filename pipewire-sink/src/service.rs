@@ -323,16 +323,13 @@ impl Service {
             .register()
             .context("registering the stream's callbacks")?;
 
-        let format = pods::format(&spec);
-        let mut params = [spa::pod::Pod::from_bytes(&format).context("format pod")?];
-        stream
-            .connect(
-                spa::utils::Direction::Input,
-                None,
-                StreamFlags::MAP_BUFFERS | StreamFlags::DRIVER,
-                &mut params,
-            )
-            .context("connecting the sink stream")?;
+        pods::connect(
+            &stream,
+            &spec,
+            spa::utils::Direction::Input,
+            StreamFlags::MAP_BUFFERS | StreamFlags::DRIVER,
+        )
+        .context("the sink stream")?;
         info!("sink {name} ({}) created", self.description);
 
         let source = match &self.microphone {

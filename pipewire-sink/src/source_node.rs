@@ -201,16 +201,13 @@ impl SourceNode {
             })
             .register()
             .context("registering the source's callbacks")?;
-        let format = pods::format(&spec);
-        let mut params = [spa::pod::Pod::from_bytes(&format).context("format pod")?];
-        stream
-            .connect(
-                spa::utils::Direction::Output,
-                None,
-                StreamFlags::MAP_BUFFERS,
-                &mut params,
-            )
-            .context("connecting the source stream")?;
+        pods::connect(
+            &stream,
+            &spec,
+            spa::utils::Direction::Output,
+            StreamFlags::MAP_BUFFERS,
+        )
+        .context("the source stream")?;
         info!("source {name} ({description}) created");
         Ok(Self {
             state,
