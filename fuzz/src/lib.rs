@@ -27,7 +27,7 @@ use host_playd::session::{Action, Event, Session};
 use secure_tunnel_protocol::{
     encode_frame, read_frame, Accept, ClockReport, FrameReader, GuestMessage, Hello, HostMessage,
     ProtocolError, RejectReason, SampleFormat, StreamSpec, WireMessage, MAGIC, MAX_AUDIO_CHUNK,
-    MAX_FRAME_LEN, PROTOCOL_VERSION,
+    MAX_FRAME_LEN, PROTOCOL_VERSION, REWIND_PROTOCOL_VERSION,
 };
 
 mod capture_guest;
@@ -211,8 +211,24 @@ fn arb_hello(u: &mut Unstructured<'_>, version: u16, max_latency_usec: u32) -> A
 }
 
 fn arb_guest_message(u: &mut Unstructured<'_>, frame: usize) -> ArbResult<GuestMessage> {
-    Ok(match u.int_in_range(0..=8)? {
-        0 => GuestMessage::Hello(arb_hello(u, PROTOCOL_VERSION, 10_000_000)?),
+    Ok(match u.int_in_range(0..=9)? {
+        0 => {
+            // Both playback versions (3 adds Rewind).
+            let version = if u.arbitrary()? {
+                REWIND_PROTOCOL_VERSION
+            } else {
+                PROTOCOL_VERSION
+            };
+            GuestMessage::Hello(arb_hello(u, version, 10_000_000)?)
+        }
+        9 => GuestMessage::Rewind {
+            // Mostly whole frames of a plausible size, sometimes anything.
+            bytes: if u.ratio(7, 8)? {
+                (frame.max(1) * u.int_in_range(0..=4096)?) as u64
+            } else {
+                u.arbitrary()?
+            },
+        },
         1..=3 => {
             // Mostly whole frames of a plausible size, sometimes anything.
             let len = if u.ratio(7, 8)? {
@@ -349,6 +365,13 @@ impl SessionLedger {
                 Action::Cork(_) | Action::Flush | Action::SetBuffer { .. } => {
                     assert!(self.accepted, "{action:?} before Accept");
                 }
+                Action::Rewind { bytes } => {
+                    assert!(self.accepted, "{action:?} before Accept");
+                    assert_eq!(bytes % self.frame, 0, "partial frame rewound");
+                    assert!(*bytes > 0, "empty rewind passed on");
+                    assert!(*bytes <= self.written, "rewound more than written");
+                    self.written -= bytes;
+                }
                 Action::Close { .. } => {
                     assert_eq!(i + 1, actions.len(), "actions after Close");
                     self.closed = true;
@@ -402,7 +425,16 @@ impl SessionLedger {
             }
             HostMessage::Clock(report) => {
                 assert!(self.accepted, "Clock before Accept");
-                assert!(report.played_bytes >= self.last_played, "played went back");
+                // Only a rewind into played audio takes it back, and then
+                // no further than what is left received.
+                assert!(
+                    report.played_bytes >= self.last_played.min(self.written),
+                    "played went back"
+                );
+                assert!(
+                    report.played_bytes <= self.written,
+                    "played beyond received"
+                );
                 assert!(report.received_bytes == self.written, "received mismatch");
                 self.last_played = report.played_bytes;
             }
@@ -481,15 +513,16 @@ mod module {
         Engine::new(config, spec())
     }
 
-    fn accept_frame() -> Vec<u8> {
+    fn accept_frame(version: u16) -> Vec<u8> {
         let mut accept = Vec::new();
-        encode_frame(&HostMessage::Accept(accept_msg()), &mut accept).expect("encoding Accept");
+        encode_frame(&HostMessage::Accept(accept_version(version)), &mut accept)
+            .expect("encoding Accept");
         accept
     }
 
-    fn accept_msg() -> Accept {
+    fn accept_version(version: u16) -> Accept {
         Accept {
-            version: PROTOCOL_VERSION,
+            version,
             buffer_bytes: 11_520,
             host_time_usec: 5_000_000,
         }
@@ -515,10 +548,17 @@ mod module {
             sock.set_read_timeout(Some(Duration::from_secs(5)))
                 .expect("setting a timeout");
             match read_frame::<GuestMessage, _>(&mut sock) {
-                Ok(GuestMessage::Hello(h)) => h.validate().expect("the module's Hello validates"),
+                Ok(GuestMessage::Hello(h)) => {
+                    h.validate().expect("the module's Hello validates");
+                    assert_eq!(
+                        h.version, REWIND_PROTOCOL_VERSION,
+                        "the module offers rewinds"
+                    );
+                }
                 other => panic!("the module opened with {other:?}"),
             }
-            sock.write_all(&accept_frame()).expect("sending Accept");
+            sock.write_all(&accept_frame(REWIND_PROTOCOL_VERSION))
+                .expect("sending Accept");
             let deadline = Instant::now() + Duration::from_secs(5);
             while !engine.is_connected() {
                 assert!(Instant::now() < deadline, "the engine did not connect");
@@ -603,14 +643,24 @@ mod module {
         let (guest, mut sock) = UnixStream::pair().expect("a socket pair");
         sock.set_nonblocking(true).expect("non-blocking fake host");
         let conn = Connection::from_unix_stream(guest).expect("a non-blocking guest end");
-        engine.attach(conn, accept_msg(), now);
+        let mut u = Unstructured::new(data);
+        // A host that takes rewinds (protocol 3) or one that does not.
+        let rewinds = u.arbitrary().unwrap_or(false);
+        let version = if rewinds {
+            REWIND_PROTOCOL_VERSION
+        } else {
+            PROTOCOL_VERSION
+        };
+        engine.attach(conn, accept_version(version), now);
         assert!(
             engine.is_connected(),
             "the engine dropped a fresh connection"
         );
 
-        let mut u = Unstructured::new(data);
-        let mut mirror = Mirror::default();
+        let mut mirror = Mirror {
+            rewinds,
+            ..Mirror::default()
+        };
         let _ = drive_engine(&mut u, &mut engine, &mut sock, &mut now, &mut mirror);
         engine.shutdown("fuzz input done");
         mirror.drain_guest(&mut sock);
@@ -624,6 +674,8 @@ mod module {
         max_credit: u64,
         guest_stream: FrameReader,
         audio: u64,
+        /// Whether the host accepted protocol 3.
+        rewinds: bool,
     }
 
     impl Mirror {
@@ -672,6 +724,17 @@ mod module {
                             self.audio += a.len() as u64;
                         }
                         GuestMessage::Hello(_) => panic!("a second Hello"),
+                        GuestMessage::Rewind { bytes } => {
+                            assert!(self.rewinds, "a Rewind to a version-1 host");
+                            assert_eq!(bytes % 4, 0, "a rewind of partial frames");
+                            assert!(bytes > 0, "an empty rewind sent");
+                            assert!(
+                                bytes <= self.audio,
+                                "rewound {bytes} of {} bytes sent",
+                                self.audio
+                            );
+                            self.audio -= bytes;
+                        }
                         _ => {}
                     }
                 }
@@ -711,7 +774,7 @@ mod module {
             if u.is_empty() || !engine.is_connected() {
                 break;
             }
-            match u.int_in_range(0..=5)? {
+            match u.int_in_range(0..=6)? {
                 0..=2 => {
                     if let Some(bytes) = arb_step(u, &mut host_now)? {
                         // The socket buffer takes far more than one input.
@@ -729,13 +792,26 @@ mod module {
                         *u.choose(&[Activity::Running, Activity::Idle, Activity::Suspended])?;
                     engine.set_activity(activity, *now);
                 }
-                _ => {
+                5 => {
                     let usec = if u.arbitrary()? {
                         Some(u.arbitrary()?)
                     } else {
                         None
                     };
                     engine.set_requested_latency(usec);
+                }
+                _ => {
+                    // The sound server asks a rewind, as the module's IO
+                    // thread passes it on before rendering.
+                    let requested: u64 = if u.arbitrary()? {
+                        u.int_in_range(0..=1 << 20)?
+                    } else {
+                        u.arbitrary()?
+                    };
+                    let done = engine.rewind(requested, *now);
+                    assert!(done <= requested, "rewound {done} of {requested} asked");
+                    assert_eq!(done % 4, 0, "rewound partial frames");
+                    assert!(mirror.rewinds || done == 0, "rewound on a version-1 host");
                 }
             }
             engine.poll_io(*now);

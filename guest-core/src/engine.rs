@@ -11,13 +11,13 @@
 //!   `reconnect_interval_msec`.
 
 use secure_tunnel_protocol::{
-    Accept, GuestMessage, Hello, StreamSpec, MAGIC, MAX_AUDIO_CHUNK, MAX_TARGET_LATENCY_USEC,
-    PROTOCOL_VERSION,
+    Accept, GuestMessage, Hello, RejectReason, StreamSpec, MAGIC, MAX_AUDIO_CHUNK,
+    MAX_TARGET_LATENCY_USEC, PROTOCOL_VERSION, REWIND_PROTOCOL_VERSION,
 };
 
 use crate::config::TunnelConfig;
 use crate::session::{Activity, Notice, TunnelSession};
-use crate::transport::{Connection, PendingConnect};
+use crate::transport::{Connection, PendingConnect, TransportError};
 
 /// Rendering block while disconnected.
 const NULL_BLOCK_USEC: u64 = 10_000;
@@ -57,7 +57,12 @@ pub fn host_target_usec(requested_usec: Option<u64>, min_usec: u64, cap_usec: u6
 pub enum Event {
     Connected {
         buffer_bytes: u32,
+        /// Whether the host takes rewinds (protocol version 3).
+        rewinds: bool,
     },
+    /// The host does not speak protocol version 3: the next attempts
+    /// offer version 1, without rewinds.
+    NoRewinds,
     ConnectFailed(String),
     Disconnected(String),
     /// The host reported `new` more underruns.
@@ -99,6 +104,9 @@ pub struct Engine {
     connections: u32,
     /// Underruns of earlier connections.
     underruns_before: u32,
+    /// The version the next Hello offers: 3 (rewinds) until a host refuses
+    /// it, then 1.
+    offer_version: u16,
 }
 
 impl Engine {
@@ -116,6 +124,7 @@ impl Engine {
             stats: Stats::default(),
             connections: 0,
             underruns_before: 0,
+            offer_version: REWIND_PROTOCOL_VERSION,
         }
     }
 
@@ -157,7 +166,7 @@ impl Engine {
     fn hello(&self) -> Hello {
         Hello {
             magic: MAGIC,
-            version: PROTOCOL_VERSION,
+            version: self.offer_version,
             spec: self.spec.clone(),
             target_latency_usec: self.target_latency_usec,
             stream_name: self.config.sink_name.clone(),
@@ -243,6 +252,26 @@ impl Engine {
         }
     }
 
+    /// The sound server asks to rewrite the last `requested` bytes rendered
+    /// (a stream moved away or started, a volume changed). Returns how many
+    /// to rewind, whole frames: what the host surely has not played yet
+    /// ([`TunnelSession::rewind`]), withdrawn from it with a `Rewind` sent
+    /// before any audio rendered after this call. 0 while disconnected
+    /// (what was consumed then is gone) or when the host cannot rewind.
+    pub fn rewind(&mut self, requested: u64, now: u64) -> u64 {
+        let Link::Up(up) = &mut self.link else {
+            return 0;
+        };
+        let bytes = up.1.rewind(requested, now);
+        if bytes > 0 {
+            if let Err(reason) = self.send_queued() {
+                self.drop_link(reason, now);
+                return 0;
+            }
+        }
+        bytes
+    }
+
     /// Latency of the sink now, in microseconds: how long until a sample
     /// rendered now is heard.
     pub fn latency_usec(&mut self, now: u64) -> i64 {
@@ -300,6 +329,15 @@ impl Engine {
             Link::Connecting(p) => match p.poll() {
                 None => {}
                 Some(Ok((conn, accept))) => self.connected(conn, accept, now),
+                Some(Err(TransportError::Rejected {
+                    reason: RejectReason::UnsupportedVersion,
+                    ..
+                })) if self.offer_version != PROTOCOL_VERSION => {
+                    // A host older than rewinds: offer version 1 at once.
+                    self.offer_version = PROTOCOL_VERSION;
+                    self.events.push(Event::NoRewinds);
+                    self.link = Link::Idle { next_attempt: now };
+                }
                 Some(Err(e)) => self.connect_failed(e.to_string(), now),
             },
             Link::Up(_) => {
@@ -331,18 +369,23 @@ impl Engine {
 
     fn connected(&mut self, conn: Connection, accept: Accept, now: u64) {
         self.last_connect_error = None;
+        let rewinds = accept.version == REWIND_PROTOCOL_VERSION;
         self.events.push(Event::Connected {
             buffer_bytes: accept.buffer_bytes,
+            rewinds,
         });
         self.connections += 1;
         self.stats.connected = true;
         self.stats.reconnects = self.connections - 1;
-        let session = TunnelSession::new(
+        let mut session = TunnelSession::new(
             self.spec.clone(),
             now,
             self.target_latency_usec,
             self.activity,
         );
+        if rewinds {
+            session.enable_rewinds();
+        }
         self.link = Link::Up(Box::new((conn, session)));
         if let Err(reason) = self.send_queued() {
             self.drop_link(reason, now);

@@ -10,6 +10,21 @@ use secure_tunnel_timing::{ClockMapper, Credit, PlaybackEstimator, UnderrunSlip}
 pub const PING_INTERVAL_USEC: u64 = 250_000;
 /// Probes while corked: the host still reports several times a second.
 pub const IDLE_PING_INTERVAL_USEC: u64 = 1_000_000;
+/// What a rewind leaves on the host beyond its device's own latency: the
+/// guest's view of the host's position is up to one clock report old (20 ms
+/// apart) and the `Rewind` takes a one-way trip, so audio this close to
+/// being heard may already be playing by the time the host drops it.
+/// (docs/design.md, "Rewinds".)
+pub const REWIND_GUARD_USEC: u64 = 30_000;
+/// Rewinds per second the guest asks at most (the host allows twice as
+/// many): a sound server rewinds on every stream start, move and volume
+/// step, and a volume slider dragged fast must not cost the host a write
+/// per step. Rewinds beyond it are answered with 0 bytes (the change is
+/// heard after the host's buffer, as without rewinds).
+pub const REWINDS_PER_SEC: u64 = 25;
+/// See [`REWINDS_PER_SEC`].
+pub const REWIND_BURST: u64 = 25;
+
 /// A connected host that says nothing for this long is considered gone (it
 /// sends clock reports several times a second even when corked).
 pub const STALL_TIMEOUT_USEC: u64 = 2_000_000;
@@ -64,6 +79,13 @@ pub struct TunnelSession {
     flow: Flow,
     latency_sent: u32,
     underruns: u32,
+    /// Whether the host takes `Rewind` (protocol version 3).
+    rewinds: bool,
+    /// Rewind tokens, in millionths, and when they were last refilled.
+    rewind_tokens: u64,
+    rewind_refill_at: u64,
+    /// The host device's latency from the last clock report.
+    device_latency_usec: u64,
     outgoing: Vec<GuestMessage>,
     notices: Vec<Notice>,
 }
@@ -87,6 +109,10 @@ impl TunnelSession {
             flow: Flow::Streaming,
             latency_sent: target_latency_usec,
             underruns: 0,
+            rewinds: false,
+            rewind_tokens: REWIND_BURST * 1_000_000,
+            rewind_refill_at: now,
+            device_latency_usec: 0,
             outgoing: Vec::new(),
             notices: Vec::new(),
         };
@@ -95,6 +121,60 @@ impl TunnelSession {
             session.cork();
         }
         session
+    }
+
+    /// The host accepted protocol version 3: it takes `Rewind`.
+    pub fn enable_rewinds(&mut self) {
+        self.rewinds = true;
+    }
+
+    /// How many of the last `requested` bytes rendered can be rewritten:
+    /// whole frames of what the host holds beyond its device's latency and
+    /// [`REWIND_GUARD_USEC`]. Those are withdrawn (a `Rewind` is queued),
+    /// the credit they used is refunded, and the positions go back, so what
+    /// is rendered next takes their place on the host. 0 when the host
+    /// cannot rewind, while corked, while skipping after an underrun (that
+    /// schedule is built on the bytes sent), or beyond [`REWINDS_PER_SEC`].
+    pub fn rewind(&mut self, requested: u64, now: u64) -> u64 {
+        if !self.rewinds || self.flow == Flow::Corked || self.skip > 0 {
+            return 0;
+        }
+        let frame = u64::from(self.spec.frame_size().max(1));
+        let played = self.playback.played_at(now, self.rendered);
+        let keep = self
+            .spec
+            .usec_to_bytes(self.device_latency_usec.saturating_add(REWIND_GUARD_USEC));
+        let unplayed = self.rendered.saturating_sub(played);
+        let bytes = requested.min(unplayed.saturating_sub(keep));
+        let bytes = bytes - bytes % frame;
+        if bytes == 0 || !self.take_rewind_token(now) {
+            return 0;
+        }
+        self.rendered -= bytes;
+        self.credit.refund(bytes);
+        if let Flow::Draining { until } = self.flow {
+            // What was withdrawn will not be heard: the drain ends sooner.
+            self.flow = Flow::Draining {
+                until: until.min(self.rendered),
+            };
+        }
+        self.outgoing.push(GuestMessage::Rewind { bytes });
+        bytes
+    }
+
+    fn take_rewind_token(&mut self, now: u64) -> bool {
+        let elapsed = now.saturating_sub(self.rewind_refill_at);
+        self.rewind_refill_at = self.rewind_refill_at.max(now);
+        self.rewind_tokens = self
+            .rewind_tokens
+            .saturating_add(elapsed.saturating_mul(REWINDS_PER_SEC))
+            .min(REWIND_BURST * 1_000_000);
+        if self.rewind_tokens >= 1_000_000 {
+            self.rewind_tokens -= 1_000_000;
+            true
+        } else {
+            false
+        }
     }
 
     /// Outside streaming there is no schedule to keep after an underrun.
@@ -178,6 +258,7 @@ impl TunnelSession {
             .host_to_guest(report.host_time_usec)
             .unwrap_or(now);
         let ratio = 1.0 + self.clock.skew();
+        self.device_latency_usec = u64::from(report.device_latency_usec);
         self.playback.set_rate_ratio(ratio);
         self.playback
             .on_report(at, now, report.played_bytes, report.playing);
@@ -421,6 +502,97 @@ mod tests {
             .iter()
             .all(|m| !matches!(m, GuestMessage::Flush | GuestMessage::Cork)));
         assert!(!s.is_corked());
+    }
+
+    /// A v3 session streaming 60 ms of audio, all unplayed at `t = 0`.
+    fn rewindable() -> TunnelSession {
+        let mut s = TunnelSession::new(spec(), 0, 60_000, Activity::Running);
+        s.enable_rewinds();
+        s.on_message(
+            HostMessage::Credit {
+                limit_bytes: 60 * 192,
+            },
+            0,
+        )
+        .unwrap();
+        s.on_rendered(60 * 192);
+        s.on_message(report(0, 0, 60 * 192), 0).unwrap();
+        let _ = s.drain_outgoing().count();
+        s
+    }
+
+    #[test]
+    fn a_rewind_withdraws_what_the_host_surely_has_not_played() {
+        let mut s = rewindable();
+        // 10 ms later 50 ms are unplayed; 30 ms of guard stay: 20 ms go.
+        let bytes = s.rewind(u64::MAX, 10_000);
+        assert_eq!(bytes, 20 * 192);
+        assert_eq!(
+            s.drain_outgoing().collect::<Vec<_>>(),
+            vec![GuestMessage::Rewind { bytes: 20 * 192 }]
+        );
+        assert_eq!(s.rendered(), 40 * 192);
+        // The credit they used may be spent again, and the latency is what
+        // is left: 30 ms.
+        assert_eq!(s.render_budget(), 20 * 192);
+        assert_eq!(s.latency_usec(10_000), 30_000);
+        // Nothing more to give back now.
+        assert_eq!(s.rewind(u64::MAX, 10_000), 0);
+        // A smaller request is honoured in whole frames.
+        s.on_rendered(20 * 192);
+        assert_eq!(s.rewind(1_001, 10_000), 1_000);
+    }
+
+    #[test]
+    fn no_rewind_without_protocol_3_while_corked_or_skipping() {
+        let mut s = TunnelSession::new(spec(), 0, 60_000, Activity::Running);
+        s.on_message(
+            HostMessage::Credit {
+                limit_bytes: 60 * 192,
+            },
+            0,
+        )
+        .unwrap();
+        s.on_rendered(60 * 192);
+        assert_eq!(s.rewind(u64::MAX, 0), 0, "host speaks version 1");
+        let mut s = TunnelSession::new(spec(), 0, 60_000, Activity::Suspended);
+        s.enable_rewinds();
+        assert_eq!(s.rewind(u64::MAX, 0), 0, "corked");
+    }
+
+    #[test]
+    fn a_rewind_while_draining_ends_the_drain_sooner() {
+        let mut s = rewindable();
+        s.set_activity(Activity::Idle, 0);
+        assert_eq!(s.rewind(u64::MAX, 0), 30 * 192);
+        let _ = s.drain_outgoing().count();
+        s.poll(29_000, 60_000).unwrap();
+        assert!(!s.is_corked());
+        s.poll(30_000, 60_000).unwrap();
+        assert!(s.is_corked(), "corked once the 30 ms kept are played");
+    }
+
+    #[test]
+    fn rewinds_are_limited_to_their_rate() {
+        let mut s = rewindable();
+        let mut granted = 0;
+        for _ in 0..1000 {
+            s.on_rendered(0);
+            if s.rewind(4, 0) > 0 {
+                granted += 1;
+            }
+        }
+        assert_eq!(u64::try_from(granted).unwrap(), REWIND_BURST);
+        // A second later the bucket holds REWINDS_PER_SEC more (the host,
+        // stopped, still holds everything).
+        s.on_message(report(1_000_000, 0, 0), 1_000_000).unwrap();
+        let mut later = 0;
+        for _ in 0..1000 {
+            if s.rewind(4, 1_000_000) > 0 {
+                later += 1;
+            }
+        }
+        assert_eq!(u64::try_from(later).unwrap(), REWINDS_PER_SEC);
     }
 
     #[test]

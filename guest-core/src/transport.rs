@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use secure_tunnel_protocol::{
     encode_audio_frame, encode_frame, read_frame, write_frame, Accept, FrameReader, GuestMessage,
-    Hello, HostMessage, ProtocolError, PROTOCOL_VERSION,
+    Hello, HostMessage, ProtocolError,
 };
 use thiserror::Error;
 
@@ -36,7 +36,7 @@ pub enum TransportError {
     },
     #[error("host answered the handshake with {0}")]
     UnexpectedReply(&'static str),
-    #[error("host speaks protocol version {0}, this module speaks {PROTOCOL_VERSION}")]
+    #[error("host accepted with protocol version {0}, not the version offered")]
     Version(u16),
     #[error("protocol error: {0}")]
     Protocol(#[from] ProtocolError),
@@ -149,7 +149,7 @@ fn connect_and_handshake(
     sock.set_timeouts(Some(HANDSHAKE_TIMEOUT))?;
     write_frame(&mut sock, &GuestMessage::Hello(hello.clone()))?;
     let accept = match read_frame::<HostMessage, _>(&mut sock)? {
-        HostMessage::Accept(a) if a.version == PROTOCOL_VERSION => a,
+        HostMessage::Accept(a) if a.version == hello.version => a,
         HostMessage::Accept(a) => return Err(TransportError::Version(a.version)),
         HostMessage::Reject { reason, message } => {
             return Err(TransportError::Rejected { reason, message })

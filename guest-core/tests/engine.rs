@@ -13,8 +13,8 @@ use secure_tunnel_guest::config::{RawArgs, TunnelConfig};
 use secure_tunnel_guest::engine::{Engine, Event};
 use secure_tunnel_guest::session::Activity;
 use secure_tunnel_protocol::{
-    read_frame, write_frame, Accept, ClockReport, GuestMessage, Hello, HostMessage, SampleFormat,
-    StreamSpec, PROTOCOL_VERSION,
+    read_frame, write_frame, Accept, ClockReport, GuestMessage, Hello, HostMessage, RejectReason,
+    SampleFormat, StreamSpec, PROTOCOL_VERSION, REWIND_PROTOCOL_VERSION,
 };
 
 fn spec() -> StreamSpec {
@@ -53,7 +53,7 @@ fn accept_guest(listener: &UnixListener) -> (UnixStream, Hello) {
     write_frame(
         &mut sock,
         &HostMessage::Accept(Accept {
-            version: PROTOCOL_VERSION,
+            version: hello.version,
             buffer_bytes: 11_520,
             host_time_usec: 0,
         }),
@@ -115,7 +115,8 @@ fn connected_it_renders_only_granted_bytes_and_reports_host_latency() {
     wait_connected(&mut engine, 0);
     let mut host: UnixStream = fake_host.join().unwrap();
     assert!(engine.take_events().contains(&Event::Connected {
-        buffer_bytes: 11_520
+        buffer_bytes: 11_520,
+        rewinds: true,
     }));
 
     // Credit arrives; exactly the granted bytes are rendered, then nothing.
@@ -202,4 +203,55 @@ fn a_host_that_goes_away_puts_the_sink_back_on_its_own_clock() {
     // Null-sink pacing again, from the moment of the loss.
     assert_eq!(engine.render_budget(1_000), 1920);
     assert_eq!(engine.render_budget(1_000), 0);
+}
+
+/// A host older than rewinds refuses version 3; the engine offers version 1
+/// at once (no reconnect interval), connects, and never sends a Rewind.
+#[test]
+fn an_old_host_is_offered_version_1_at_once() {
+    let path = temp_socket("oldhost");
+    let listener = UnixListener::bind(&path).unwrap();
+    let mut engine = engine_for(&path);
+    engine.set_activity(Activity::Running, 0);
+    let old_host = std::thread::spawn(move || {
+        let (mut sock, _) = listener.accept().unwrap();
+        let GuestMessage::Hello(first) = read_frame::<GuestMessage, _>(&mut sock).unwrap() else {
+            panic!("first message must be Hello");
+        };
+        write_frame(
+            &mut sock,
+            &HostMessage::Reject {
+                reason: RejectReason::UnsupportedVersion,
+                message: "protocol version 3 is not supported".into(),
+            },
+        )
+        .unwrap();
+        drop(sock);
+        let (mut sock, _) = listener.accept().unwrap();
+        let GuestMessage::Hello(second) = read_frame::<GuestMessage, _>(&mut sock).unwrap() else {
+            panic!("first message must be Hello");
+        };
+        write_frame(
+            &mut sock,
+            &HostMessage::Accept(Accept {
+                version: PROTOCOL_VERSION,
+                buffer_bytes: 11_520,
+                host_time_usec: 0,
+            }),
+        )
+        .unwrap();
+        write_frame(&mut sock, &HostMessage::Credit { limit_bytes: 9_600 }).unwrap();
+        (first.version, second.version, sock)
+    });
+    // Same virtual time throughout: the retry does not wait.
+    wait_connected(&mut engine, 0);
+    let (first, second, _sock) = old_host.join().unwrap();
+    assert_eq!((first, second), (REWIND_PROTOCOL_VERSION, PROTOCOL_VERSION));
+    let events = engine.take_events();
+    assert!(events.contains(&Event::NoRewinds), "{events:?}");
+    assert!(events.contains(&Event::Connected {
+        buffer_bytes: 11_520,
+        rewinds: false,
+    }));
+    assert_eq!(engine.rewind(u64::MAX, 0), 0);
 }

@@ -62,6 +62,13 @@ impl Bucket {
 pub const CONTROL_PER_SEC: u32 = 20;
 /// See [`CONTROL_PER_SEC`].
 pub const CONTROL_BURST: u32 = 64;
+/// Rewinds (protocol 3): the sink module asks one per rewind its sound
+/// server makes (a stream starting, moving, a volume change) and limits
+/// itself to 25 per second (`guest-core`'s `REWINDS_PER_SEC`); each costs a
+/// sound-server write.
+pub const REWIND_PER_SEC: u32 = 50;
+/// See [`REWIND_PER_SEC`].
+pub const REWIND_BURST: u32 = 100;
 /// Pings: the module sends 4 per second while playing, 1 while corked.
 pub const PING_PER_SEC: u32 = 16;
 /// See [`PING_PER_SEC`].
@@ -77,6 +84,7 @@ pub const AUDIO_BURST: u32 = 4_000;
 #[derive(Debug, Clone)]
 pub struct MessageBudget {
     control: Bucket,
+    rewind: Bucket,
     ping: Bucket,
     audio: Bucket,
 }
@@ -85,6 +93,7 @@ impl Default for MessageBudget {
     fn default() -> Self {
         MessageBudget {
             control: Bucket::new(CONTROL_PER_SEC, CONTROL_BURST),
+            rewind: Bucket::new(REWIND_PER_SEC, REWIND_BURST),
             ping: Bucket::new(PING_PER_SEC, PING_BURST),
             audio: Bucket::new(AUDIO_PER_SEC, AUDIO_BURST),
         }
@@ -101,6 +110,7 @@ impl MessageBudget {
             | GuestMessage::Flush
             | GuestMessage::SetLatency { .. } => (&mut self.control, "control messages"),
             GuestMessage::Ping { .. } => (&mut self.ping, "pings"),
+            GuestMessage::Rewind { .. } => (&mut self.rewind, "rewinds"),
             // Capture credit flows at the pace audio does, the other way.
             GuestMessage::Audio(_) | GuestMessage::CaptureCredit { .. } => {
                 (&mut self.audio, "audio messages")
@@ -166,6 +176,12 @@ mod tests {
                     .charge(now, &GuestMessage::Ping { guest_time_usec: 0 })
                     .unwrap();
             }
+            // The module's own rewind limit, at its full rate.
+            if now % (SEC / 25) == 0 {
+                budget
+                    .charge(now, &GuestMessage::Rewind { bytes: 0 })
+                    .unwrap();
+            }
             if now % (10 * SEC) == 0 {
                 for m in [
                     GuestMessage::Cork,
@@ -190,6 +206,7 @@ mod tests {
                 "control messages",
             ),
             (GuestMessage::Ping { guest_time_usec: 1 }, "pings"),
+            (GuestMessage::Rewind { bytes: 4 }, "rewinds"),
             (GuestMessage::Audio(Vec::new()), "audio messages"),
         ] {
             let mut budget = MessageBudget::default();

@@ -892,6 +892,10 @@ impl<B: AudioBackend> Engine<B> {
                 self.backend.flush(id);
                 None
             }
+            Action::Rewind { bytes } => {
+                self.backend.rewind(id, bytes);
+                None
+            }
             Action::SetBuffer { tlength_bytes } => {
                 let client = self.clients.get(&id)?;
                 let tlength_bytes = match (&client.admission, &client.spec) {

@@ -10,6 +10,7 @@
 use secure_tunnel_protocol::{
     Accept, ClockReport, GuestMessage, Hello, HostMessage, RejectReason, StreamSpec,
     CAPTURE_PROTOCOL_VERSION, MAX_REASON_LEN, MAX_STREAM_NAME, PROTOCOL_VERSION,
+    REWIND_PROTOCOL_VERSION,
 };
 
 use crate::backend::{CaptureParams, Captured, StreamParams, StreamStatus};
@@ -73,6 +74,10 @@ pub enum Action {
     Cork(bool),
     /// Flush the host stream.
     Flush,
+    /// Withdraw the last `bytes` written to the host stream (protocol 3's
+    /// `Rewind`): what of them is not yet played is dropped, and what is
+    /// written next takes their place.
+    Rewind { bytes: u64 },
     /// Change the host stream's buffer.
     SetBuffer { tlength_bytes: u32 },
     /// Judge a capture Hello by the policy: the engine answers
@@ -111,6 +116,8 @@ pub struct Session {
     received_bytes: u64,
     granted_bytes: u64,
     played_bytes: u64,
+    /// The protocol version of the Accept (1, or 3 with rewinds).
+    version: u16,
     last_clock_usec: Option<u64>,
     last_playing: bool,
     /// A clock report is due at once (after a flush, cork or uncork).
@@ -137,6 +144,7 @@ impl Session {
             received_bytes: 0,
             granted_bytes: 0,
             played_bytes: 0,
+            version: PROTOCOL_VERSION,
             last_clock_usec: None,
             last_playing: false,
             clock_dirty: false,
@@ -206,14 +214,16 @@ impl Session {
     fn await_hello(&mut self, now_usec: u64, event: Event, out: &mut Vec<Action>) {
         match event {
             Event::Message(GuestMessage::Hello(hello)) => {
-                if hello.version != PROTOCOL_VERSION {
+                if hello.version != PROTOCOL_VERSION && hello.version != REWIND_PROTOCOL_VERSION {
                     let message = format!(
-                        "protocol version {} is not supported; this host speaks {PROTOCOL_VERSION}",
+                        "protocol version {} is not supported for playback; this host speaks \
+                         {PROTOCOL_VERSION} and {REWIND_PROTOCOL_VERSION}",
                         hello.version
                     );
                     self.reject(RejectReason::UnsupportedVersion, message, out);
                     return;
                 }
+                self.version = hello.version;
                 let tlength = hello
                     .spec
                     .usec_to_bytes(u64::from(hello.target_latency_usec))
@@ -315,7 +325,7 @@ impl Session {
                 self.tlength_bytes = buffer_bytes;
                 self.state = State::Streaming;
                 out.push(Action::Send(HostMessage::Accept(Accept {
-                    version: PROTOCOL_VERSION,
+                    version: self.version,
                     buffer_bytes,
                     host_time_usec: now_usec,
                 })));
@@ -489,7 +499,47 @@ impl Session {
                 let reason = sanitize(&reason, MAX_REASON_LEN);
                 self.close(&format!("guest said goodbye: {reason}"), false, out);
             }
+            GuestMessage::Rewind { bytes } => self.rewind(bytes, out),
         }
+    }
+
+    /// Protocol 3's `Rewind`: the byte positions go back by `bytes` on both
+    /// sides, so credit needs no message (the guest refunds its own ledger
+    /// the same way). A guest may withdraw at most what it sent. Whether
+    /// the host has played part of that is not a fault: the guest cannot
+    /// know the host's position to the byte, so what was played is not
+    /// undone (the audio that replaces it lands in the past and is
+    /// skipped) and the played position does not go back beyond it.
+    fn rewind(&mut self, bytes: u64, out: &mut Vec<Action>) {
+        let frame = self.frame_size();
+        let fault = if self.version != REWIND_PROTOCOL_VERSION {
+            Some(format!(
+                "Rewind needs protocol version {REWIND_PROTOCOL_VERSION}, this stream speaks {}",
+                self.version
+            ))
+        } else if bytes % frame != 0 {
+            Some(format!(
+                "a rewind of {bytes} bytes is not whole {frame}-byte frames"
+            ))
+        } else if bytes > self.received_bytes {
+            Some(format!(
+                "a rewind of {bytes} bytes is more than the {} received",
+                self.received_bytes
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = fault {
+            self.goodbye(&reason, true, out);
+            return;
+        }
+        if bytes == 0 {
+            return;
+        }
+        self.received_bytes -= bytes;
+        self.played_bytes = self.played_bytes.min(self.received_bytes);
+        self.clock_dirty = true;
+        out.push(Action::Rewind { bytes });
     }
 
     fn audio(&mut self, data: Vec<u8>, out: &mut Vec<Action>) {
@@ -629,6 +679,7 @@ pub fn message_name(message: &GuestMessage) -> &'static str {
         GuestMessage::Goodbye { .. } => "Goodbye",
         GuestMessage::CaptureHello(_) => "CaptureHello",
         GuestMessage::CaptureCredit { .. } => "CaptureCredit",
+        GuestMessage::Rewind { .. } => "Rewind",
     }
 }
 

@@ -105,9 +105,11 @@ impl State {
         }
         for event in self.engine.take_events() {
             match event {
-                Event::Connected { buffer_bytes } => {
+                Event::Connected { buffer_bytes, .. } => {
                     info!("connected to host-playd (host buffer {buffer_bytes} bytes)")
                 }
+                // The PipeWire graph does not rewind: nothing changes.
+                Event::NoRewinds => {}
                 Event::ConnectFailed(e) => warn!("cannot reach host-playd: {e}"),
                 Event::Disconnected(e) => warn!("lost host-playd: {e}; playing into the void"),
                 Event::Underruns { new } => warn!("host reported {new} more underruns"),

@@ -42,6 +42,14 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// decode that message and closes the connection.
 pub const CAPTURE_PROTOCOL_VERSION: u16 = 2;
 
+/// Version 3 is version 1 plus [`GuestMessage::Rewind`] (appended to the
+/// enum, so every version-1 message is unchanged). A playback guest that
+/// can rewind offers 3 in its `Hello`; a host that speaks it answers
+/// `Accept` with 3, and one that does not rejects with
+/// [`RejectReason::UnsupportedVersion`], after which the guest offers 1
+/// (and never rewinds). A host accepts both 1 and 3.
+pub const REWIND_PROTOCOL_VERSION: u16 = 3;
+
 /// First four bytes of every [`Hello`], so that a stray client of another
 /// protocol is recognised at once.
 pub const MAGIC: [u8; 4] = *b"STun";

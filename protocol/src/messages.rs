@@ -150,6 +150,18 @@ pub enum GuestMessage {
         /// Cumulative byte limit since the handshake.
         limit_bytes: u64,
     },
+    /// Protocol version 3 ([`crate::REWIND_PROTOCOL_VERSION`]), playback
+    /// connections only: the last `bytes` of audio sent are withdrawn. The
+    /// host drops them if it has not played them yet, and both sides count
+    /// them as never sent: the stream's byte positions (credit, `received`
+    /// and `played` in clock reports) go back by `bytes`, and the audio
+    /// that follows takes their place. Whole frames, at most what was sent.
+    /// What the host already played of them is not undone: the audio that
+    /// replaces it is skipped, and `played_bytes` stays within `received`.
+    Rewind {
+        /// Bytes withdrawn from the end of what was sent.
+        bytes: u64,
+    },
 }
 
 /// Messages from the host (host-playd) to the guest (module).
@@ -264,7 +276,8 @@ impl GuestMessage {
             | GuestMessage::Uncork
             | GuestMessage::Flush
             | GuestMessage::Ping { .. }
-            | GuestMessage::CaptureCredit { .. } => Ok(()),
+            | GuestMessage::CaptureCredit { .. }
+            | GuestMessage::Rewind { .. } => Ok(()),
         }
     }
 }

@@ -15,7 +15,7 @@ use secure_tunnel_protocol::{
 };
 
 /// (name, hex) for `common::all_guest()`, in the same order.
-const GUEST: [(&str, &str); 10] = [
+const GUEST: [(&str, &str); 11] = [
     (
         "Hello",
         "2a000000 \
@@ -44,6 +44,7 @@ const GUEST: [(&str, &str); 10] = [
          0200000000000000 766d",
     ),
     ("CaptureCredit", "0c000000 09000000 0096000000000000"),
+    ("Rewind", "0c000000 0a000000 002d000000000000"),
 ];
 
 /// (name, hex) for `common::all_host()`, in the same order.

@@ -72,6 +72,7 @@ fn guest_message() -> impl Strategy<Value = GuestMessage> {
             })
         }),
         any::<u64>().prop_map(|limit_bytes| GuestMessage::CaptureCredit { limit_bytes }),
+        any::<u64>().prop_map(|bytes| GuestMessage::Rewind { bytes }),
     ]
 }
 

@@ -1,7 +1,12 @@
 //! Latency observed between two recordings of the same impulse train: one
 //! taken before a stage (the guest sink's monitor), one after it (the host
 //! sink's monitor). Both go through the same `parec` pipeline, so its own
-//! delay cancels out of the difference.
+//! delay cancels out of the difference. One delay does not: a sink that
+//! can rewind (`max_rewind` > 0, as the tunnel sink since protocol 3) holds
+//! back what its monitor's recorders get by as much as it could still
+//! rewind (PulseAudio's source-output delay queue), so the guest monitor's
+//! arrivals are late by that queue; [`measure_sink_latency`] reads it from
+//! the recorder's `Buffer Latency` and adds it back.
 
 use std::{
     thread,
@@ -68,6 +73,10 @@ pub struct LatencyReport {
     pub guest_impulses: usize,
     /// Impulses found on the host sink's monitor.
     pub host_impulses: usize,
+    /// The guest monitor recorder's `Buffer Latency` in ms (its delay
+    /// queue), sampled while the sink ran; its median is added to each
+    /// observed delay.
+    pub monitor_delay_ms: Vec<f64>,
 }
 
 impl LatencyReport {
@@ -106,6 +115,14 @@ pub fn measure_sink_latency(
             report
                 .reported_ms
                 .push(sink.latency_usec.unwrap_or(0) as f64 / 1e3);
+            if let Some(usec) = guest
+                .pactl_ok(&["list", "source-outputs"])
+                .ok()
+                .as_deref()
+                .and_then(buffer_latency_usec)
+            {
+                report.monitor_delay_ms.push(usec as f64 / 1e3);
+            }
         }
         report.flags = sink.flags;
     }
@@ -116,6 +133,24 @@ pub fn measure_sink_latency(
     let count = |r: &Recording| detect_impulses(&r.samples(), IMPULSE_THRESHOLD, frames / 10).len();
     report.guest_impulses = count(&before);
     report.host_impulses = count(&after);
-    report.observed_ms = impulse_latencies_ms(&before, &after, 20.0, 450.0);
+    let held_back = median(&report.monitor_delay_ms).unwrap_or(0.0);
+    report.observed_ms = impulse_latencies_ms(&before, &after, 20.0 + held_back, 450.0)
+        .into_iter()
+        .map(|ms| ms + held_back)
+        .collect();
     Ok(report)
+}
+
+/// The first source output's `Buffer Latency` in `pactl list
+/// source-outputs` (the measurement's only recorder on the guest).
+fn buffer_latency_usec(text: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        line.trim()
+            .strip_prefix("Buffer Latency:")?
+            .trim()
+            .strip_suffix("usec")?
+            .trim()
+            .parse()
+            .ok()
+    })
 }

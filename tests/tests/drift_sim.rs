@@ -16,6 +16,7 @@ use host_playd::session::{Action, Event, Session};
 use secure_tunnel_guest::session::{Activity, TunnelSession};
 use secure_tunnel_protocol::{
     GuestMessage, Hello, HostMessage, SampleFormat, StreamSpec, MAGIC, PROTOCOL_VERSION,
+    REWIND_PROTOCOL_VERSION,
 };
 
 const HOUR_USEC: u64 = 3_600_000_000;
@@ -97,6 +98,10 @@ struct Outcome {
     timeline_after_stall: Vec<(i64, f64)>,
     /// Bytes the guest skipped after host underruns.
     skipped: u64,
+    /// Bytes the guest rewound, and rewinds that reached audio the card had
+    /// already played (a guard too small).
+    rewound: u64,
+    rewinds_into_played: u32,
 }
 
 /// One simulated tunnel.
@@ -112,6 +117,9 @@ struct Scenario {
     /// host-playd stopped (SIGSTOP) from `.0` for `.1` usec: it reads,
     /// ticks and writes nothing, while the sound card plays on and runs dry.
     host_stall: Option<(u64, u64)>,
+    /// The guest's sound server asks a full rewind this often (0: never;
+    /// the host then speaks protocol 1).
+    rewind_every_usec: u64,
 }
 
 fn simulate(sc: Scenario) -> Outcome {
@@ -122,7 +130,10 @@ fn simulate(sc: Scenario) -> Outcome {
         target_usec,
         seed,
         host_stall,
+        rewind_every_usec,
     } = sc;
+    let mut next_rewind = rewind_every_usec.max(1);
+    let mut last_rewind = None::<u64>;
     let stalled = |t: u64| host_stall.is_some_and(|(at, len)| t >= at && t < at + len);
     let (stall_start, stall_end) =
         host_stall.map_or((u64::MAX, u64::MAX), |(at, len)| (at, at + len));
@@ -147,7 +158,11 @@ fn simulate(sc: Scenario) -> Outcome {
         0,
         GuestMessage::Hello(Hello {
             magic: MAGIC,
-            version: PROTOCOL_VERSION,
+            version: if rewind_every_usec > 0 {
+                REWIND_PROTOCOL_VERSION
+            } else {
+                PROTOCOL_VERSION
+            },
             spec: spec(),
             target_latency_usec: target_usec,
             stream_name: "sim".into(),
@@ -206,6 +221,14 @@ fn simulate(sc: Scenario) -> Outcome {
                 Action::Write(data) => card.as_mut().unwrap().write(h, data.len() as u64),
                 Action::Cork(c) => card.as_mut().unwrap().set_corked(h, c),
                 Action::Flush => card.as_mut().unwrap().flush(h),
+                Action::Rewind { bytes } => {
+                    let card = card.as_mut().unwrap();
+                    card.advance(h);
+                    if bytes > card.queued() {
+                        out.rewinds_into_played += 1;
+                    }
+                    card.rewind(h, bytes);
+                }
                 Action::SetBuffer { tlength_bytes } => {
                     card.as_mut().unwrap().set_tlength(tlength_bytes)
                 }
@@ -223,13 +246,12 @@ fn simulate(sc: Scenario) -> Outcome {
         while let Some(msg) = to_guest.take_due(t) {
             woke = true;
             match (msg, guest.as_mut()) {
-                (HostMessage::Accept(_), None) => {
-                    guest = Some(TunnelSession::new(
-                        spec(),
-                        t,
-                        target_usec,
-                        Activity::Running,
-                    ));
+                (HostMessage::Accept(a), None) => {
+                    let mut g = TunnelSession::new(spec(), t, target_usec, Activity::Running);
+                    if a.version == REWIND_PROTOCOL_VERSION {
+                        g.enable_rewinds();
+                    }
+                    guest = Some(g);
                 }
                 (msg, Some(g)) => g.on_message(msg, t).expect("guest accepts host messages"),
                 (msg, None) => panic!("{msg:?} before Accept"),
@@ -238,6 +260,14 @@ fn simulate(sc: Scenario) -> Outcome {
         if let Some(g) = guest.as_mut() {
             if woke || t >= g.next_deadline() {
                 g.poll(t, target_usec).expect("host never goes silent");
+                if rewind_every_usec > 0 && t >= next_rewind {
+                    next_rewind += rewind_every_usec;
+                    let bytes = g.rewind(u64::MAX, t);
+                    if bytes > 0 {
+                        out.rewound += bytes;
+                        last_rewind = Some(t);
+                    }
+                }
                 let budget = g.render_budget();
                 if budget > 0 {
                     // After a host underrun the guest skips (renders and
@@ -276,7 +306,10 @@ fn simulate(sc: Scenario) -> Outcome {
                 out.timeline_after_stall
                     .push((t as i64 - stall_end as i64, late * 1e6 / bps));
             }
-            if t >= next_sample {
+            // The truth is the card's: while a Rewind is on its way to the
+            // host the card still holds what the guest already withdrew.
+            let rewind_in_flight = last_rewind.is_some_and(|at| t < at + 2 * jitter_usec + 1_000);
+            if t >= next_sample && !rewind_in_flight {
                 next_sample += 1_000_000;
                 // Truth: what the guest rendered and the card has not played.
                 let card = card.as_mut().expect("stream open");
@@ -361,6 +394,7 @@ fn a_day_with_a_fast_host_clock_and_jitter() {
         target_usec: 60_000,
         seed: 0x5eed_0001,
         host_stall: None,
+        rewind_every_usec: 0,
     };
     check(sc, 2_000.0);
 }
@@ -375,6 +409,7 @@ fn a_day_with_a_slow_host_clock_and_jitter() {
         target_usec: 60_000,
         seed: 0x5eed_0002,
         host_stall: None,
+        rewind_every_usec: 0,
     };
     check(sc, 2_000.0);
 }
@@ -390,6 +425,7 @@ fn an_hour_at_twenty_milliseconds() {
         target_usec: 20_000,
         seed: 0x5eed_0003,
         host_stall: None,
+        rewind_every_usec: 0,
     };
     check(sc, 1_000.0);
 }
@@ -413,6 +449,7 @@ fn latency_is_right_again_within_200_ms_of_a_host_underrun() {
             target_usec,
             seed,
             host_stall: Some((stall_at, 100_000)),
+            rewind_every_usec: 0,
         };
         let out = simulate(sc);
         assert!(out.underruns >= 1, "the stall caused no underrun: {sc:?}");
@@ -465,4 +502,30 @@ fn latency_is_right_again_within_200_ms_of_a_host_underrun() {
             "inputs heard > 2 ms off their old schedule 200 ms after the stall (ms, ms): {off:?}"
         );
     }
+}
+
+/// Issue 13: an hour in which the guest's sound server asks a full rewind
+/// every 250 ms (far more often than streams start, move or change volume),
+/// host clock 1000 ppm fast, up to 5 ms of delay per message. Every rewind
+/// withdraws only audio the card has not played, nothing underruns, the
+/// host queue does not drift, and the latency stays the truth.
+#[test]
+fn an_hour_of_rewinds_keeps_positions_and_latency_true() {
+    let sc = Scenario {
+        duration_usec: HOUR_USEC,
+        ppm: 1000,
+        jitter_usec: 5_000,
+        target_usec: 60_000,
+        seed: 0x5eed_0013,
+        host_stall: None,
+        rewind_every_usec: 250_000,
+    };
+    let out = simulate(sc);
+    assert!(
+        out.rewound > 3_600 * 4 * 192 * 10,
+        "rewinds withdrew only {} bytes",
+        out.rewound
+    );
+    assert_eq!(out.rewinds_into_played, 0, "{out:?}");
+    check(sc, 2_000.0);
 }

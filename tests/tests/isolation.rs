@@ -23,7 +23,9 @@ use secure_tunnel_e2e::{
     wire::{frames, hello, test_spec, Client, Handshake, Target},
     HostPlayd, LegitGuest, Player, PulseDaemon, TestDir, HOST_SINK,
 };
-use secure_tunnel_protocol::{GuestMessage, Hello, HostMessage, MAGIC, PROTOCOL_VERSION};
+use secure_tunnel_protocol::{
+    GuestMessage, Hello, HostMessage, MAGIC, PROTOCOL_VERSION, REWIND_PROTOCOL_VERSION,
+};
 
 /// host-playd's total resident memory (every process) under a flood.
 const RSS_BOUND_KIB: u64 = 64 * 1024;
@@ -167,9 +169,12 @@ enum QuickClose {
     MidAudio,
     /// Half a Hello, close.
     PartialHello,
+    /// Protocol 3: wait for Accept, send audio and withdraw it all with a
+    /// Rewind in one write, close.
+    RewindClose,
 }
 
-const QUICK_CLOSES: [QuickClose; 9] = [
+const QUICK_CLOSES: [QuickClose; 10] = [
     QuickClose::HelloGoodbye,
     QuickClose::HelloClose,
     QuickClose::HelloGarbage,
@@ -179,6 +184,7 @@ const QUICK_CLOSES: [QuickClose; 9] = [
     QuickClose::AfterAccept,
     QuickClose::MidAudio,
     QuickClose::PartialHello,
+    QuickClose::RewindClose,
 ];
 
 /// One quick connection; false if host-playd refused it at connect.
@@ -216,6 +222,21 @@ fn quick_close(target: &Target, how: QuickClose) -> bool {
         QuickClose::HelloAudioClose => c.send(&[h, GuestMessage::Audio(vec![0; 4096])]),
         QuickClose::AfterAccept => {
             let _ = c.handshake(&h, Duration::from_secs(2));
+            Ok(())
+        }
+        QuickClose::RewindClose => {
+            let mut h3 = h;
+            if let GuestMessage::Hello(hello) = &mut h3 {
+                hello.version = REWIND_PROTOCOL_VERSION;
+            }
+            if let Handshake::Accepted { credit, .. } = c.handshake(&h3, Duration::from_secs(2)) {
+                let audio = within(credit);
+                let bytes = match &audio {
+                    GuestMessage::Audio(a) => a.len() as u64,
+                    _ => 0,
+                };
+                let _ = c.send(&[audio, GuestMessage::Rewind { bytes }]);
+            }
             Ok(())
         }
         QuickClose::MidAudio => {
@@ -308,15 +329,19 @@ enum Flood {
     Flush,
     SetLatency,
     Ping,
+    /// Protocol 3: one frame of audio and its rewind, over and over (each
+    /// costs the player a write and a seek on the sound server).
+    Rewind,
 }
 
-const FLOODS: [Flood; 6] = [
+const FLOODS: [Flood; 7] = [
     Flood::Cork,
     Flood::Uncork,
     Flood::CorkUncork,
     Flood::Flush,
     Flood::SetLatency,
     Flood::Ping,
+    Flood::Rewind,
 ];
 
 fn flood_batch(kind: Flood) -> Vec<u8> {
@@ -333,6 +358,8 @@ fn flood_batch(kind: Flood) -> Vec<u8> {
             Flood::Ping => GuestMessage::Ping {
                 guest_time_usec: u64::from(i),
             },
+            Flood::Rewind if i % 2 == 0 => GuestMessage::Audio(vec![0x11; 4]),
+            Flood::Rewind => GuestMessage::Rewind { bytes: 4 },
         })
         .collect();
     frames(&msgs)
@@ -356,7 +383,11 @@ fn flood(target: &Target, kind: Flood, until: Instant) -> FloodOutcome {
             continue;
         };
         out.connections += 1;
-        match c.handshake(&hello("flooder", 60_000), Duration::from_secs(2)) {
+        let mut greeting = hello("flooder", 60_000);
+        if let (Flood::Rewind, GuestMessage::Hello(h)) = (kind, &mut greeting) {
+            h.version = REWIND_PROTOCOL_VERSION;
+        }
+        match c.handshake(&greeting, Duration::from_secs(2)) {
             Handshake::Accepted { .. } => {}
             other => {
                 out.closes.push(format!("handshake: {other:?}"));
@@ -439,6 +470,12 @@ fn control_floods_do_not_disturb_a_neighbour() {
             "{kind:?} flood: {refused:?}\n{}",
             host.logs()
         );
+        if matches!(kind, Flood::Rewind) {
+            assert!(
+                o.closes.iter().any(|c| c.contains("rewinds per second")),
+                "the rewind flooder was never stopped by its budget: {closes:?}"
+            );
+        }
     }
     println!(
         "isolation: neighbour during the floods: {} clock reports, longest gap {:.0} ms, {} \

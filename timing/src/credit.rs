@@ -31,6 +31,12 @@ impl Credit {
             .min(self.limit.max(self.sent));
     }
 
+    /// Takes back `bytes` of what was sent (a rewind withdrew them from the
+    /// host, which counts them as never received): they may be sent again.
+    pub fn refund(&mut self, bytes: u64) {
+        self.sent = self.sent.saturating_sub(bytes);
+    }
+
     /// Total bytes sent since the handshake.
     pub fn sent(&self) -> u64 {
         self.sent

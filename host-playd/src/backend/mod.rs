@@ -132,6 +132,12 @@ pub trait AudioBackend: std::fmt::Debug {
     /// Drops queued audio; the dropped bytes count as played.
     fn flush(&mut self, _id: StreamId) {}
 
+    /// Withdraws the last `bytes` written (whole frames, at most what was
+    /// written): what of them is not yet played is dropped, the stream's
+    /// written and played positions go back by `bytes`, and the next write
+    /// takes their place.
+    fn rewind(&mut self, id: StreamId, bytes: u64);
+
     /// Changes the amount of audio queued ahead of the device.
     fn set_buffer(&mut self, _id: StreamId, _tlength_bytes: u32) {}
 
@@ -199,6 +205,9 @@ impl<B: AudioBackend + ?Sized> AudioBackend for Box<B> {
     }
     fn flush(&mut self, id: StreamId) {
         (**self).flush(id);
+    }
+    fn rewind(&mut self, id: StreamId, bytes: u64) {
+        (**self).rewind(id, bytes);
     }
     fn set_buffer(&mut self, id: StreamId, tlength_bytes: u32) {
         (**self).set_buffer(id, tlength_bytes);

@@ -119,6 +119,15 @@ impl NullClock {
         self.played = self.written;
     }
 
+    /// Withdraws the last `bytes` written: the unplayed part leaves the
+    /// queue, and positions go back by `bytes` (what was played of them is
+    /// not undone; the position never goes below it).
+    pub fn rewind(&mut self, now_usec: u64, bytes: u64) {
+        self.advance(now_usec);
+        self.written = self.written.saturating_sub(bytes);
+        self.played = self.played.min(self.written);
+    }
+
     /// Changes the buffer size.
     pub fn set_tlength(&mut self, tlength_bytes: u32) {
         self.tlength_bytes = u64::from(tlength_bytes);
@@ -219,6 +228,13 @@ impl AudioBackend for NullBackend {
         let now = self.clock.now_usec();
         if let Ok(stream) = self.stream(id) {
             stream.flush(now);
+        }
+    }
+
+    fn rewind(&mut self, id: StreamId, bytes: u64) {
+        let now = self.clock.now_usec();
+        if let Ok(stream) = self.stream(id) {
+            stream.rewind(now, bytes);
         }
     }
 

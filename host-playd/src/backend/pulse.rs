@@ -66,8 +66,13 @@ pub struct PulseConfig {
 struct PulseStream {
     stream: Stream,
     spec: StreamSpec,
-    /// Bytes written since the stream opened, in the guest's coordinates.
+    /// Bytes written since the stream opened, in the guest's coordinates
+    /// (a rewind takes its bytes back off).
     written: u64,
+    /// After a rewind: bytes the server's write index stands beyond where
+    /// the next guest audio belongs (the one frame of silence the rewind
+    /// wrote); the next write seeks back over them.
+    seek_back: u64,
     last_played: u64,
     /// The cork state the guest asked for last (latest wins).
     corked: bool,
@@ -501,6 +506,7 @@ impl PulseBackend {
             stream,
             spec: params.spec.clone(),
             written: 0,
+            seek_back: 0,
             last_played: 0,
             corked: false,
             opened: false,
@@ -656,15 +662,51 @@ impl AudioBackend for PulseBackend {
             .streams
             .get_mut(&id)
             .ok_or(BackendError::UnknownStream(id))?;
+        let offset = -i64::try_from(s.seek_back).unwrap_or(0);
         s.stream
-            .write_copy(data, 0, SeekMode::Relative)
+            .write_copy(data, offset, SeekMode::Relative)
             .map_err(|e| BackendError::Stream {
                 op: "write",
                 id,
                 reason: pa_text(e),
             })?;
+        s.seek_back = 0;
         s.written = s.written.saturating_add(data.len() as u64);
         Ok(())
+    }
+
+    /// Moves the server's write index back by `bytes` with a relative seek.
+    /// libpulse sends a seek only with data, so one frame of silence is
+    /// written at the new position, and the next write seeks back over it:
+    /// the server's queue holds blocks past its write index afterwards, but
+    /// never plays them (its read side stops at the write index, and the
+    /// next writes replace them), so a withdrawn tail is never heard even
+    /// if no audio follows. `offset_bytes` (guest bytes minus the write
+    /// index) stays what it was, so the played position does not jump.
+    fn rewind(&mut self, id: StreamId, bytes: u64) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if !s.opened || s.stream.get_state() != StreamState::Ready || bytes == 0 {
+            return;
+        }
+        let bytes = bytes.min(s.written);
+        let frame = u64::from(s.spec.frame_size()).max(1);
+        let silence = vec![0u8; usize::try_from(frame).unwrap_or(1)];
+        let back = bytes.saturating_add(s.seek_back);
+        let offset = -i64::try_from(back).unwrap_or(i64::MAX);
+        match s.stream.write_copy(&silence, offset, SeekMode::Relative) {
+            Ok(()) => {
+                s.written -= bytes;
+                // The timing base needs no change: guest bytes and the
+                // write index less seek_back both went back by `bytes`.
+                s.seek_back = frame;
+            }
+            Err(e) => log::warn!(
+                "stream {id}: rewind of {bytes} bytes failed: {}",
+                pa_text(e)
+            ),
+        }
     }
 
     fn cork(&mut self, id: StreamId, corked: bool) {
@@ -833,7 +875,11 @@ impl PulseStream {
         let Some(at_usec) = self.update_arrived.take() else {
             return;
         };
-        let written = i64::try_from(self.written).unwrap_or(i64::MAX);
+        // The write index less the silence a rewind left to seek back over:
+        // where the next guest byte goes.
+        let written = i64::try_from(self.written)
+            .unwrap_or(i64::MAX)
+            .saturating_add(i64::try_from(self.seek_back).unwrap_or(0));
         let spec = self.spec.clone();
         let Some(info) = self.stream.get_timing_info() else {
             return;

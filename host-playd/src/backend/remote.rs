@@ -328,6 +328,13 @@ impl AudioBackend for RemoteBackend {
         }
     }
 
+    fn rewind(&mut self, id: StreamId, bytes: u64) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.sent = s.sent.saturating_sub(bytes);
+            self.request(&Request::Rewind { id, bytes });
+        }
+    }
+
     fn set_buffer(&mut self, id: StreamId, tlength_bytes: u32) {
         if self.streams.contains_key(&id) {
             self.request(&Request::SetBuffer { id, tlength_bytes });

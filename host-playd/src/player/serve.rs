@@ -149,6 +149,7 @@ impl<B: AudioBackend> Player<B> {
                     self.backend.flush(id);
                 }
             }
+            Request::Rewind { id, bytes } => self.rewind(now_usec, id, bytes),
             Request::SetBuffer { id, tlength_bytes } => {
                 if self.charge_control(now_usec, id, "buffer change") {
                     if let Some(held) = self.streams.get_mut(&id) {
@@ -319,6 +320,37 @@ impl<B: AudioBackend> Player<B> {
         if let Err(e) = self.backend.write(id, data) {
             self.fail(id, e.to_string());
         }
+    }
+
+    /// Withdraws the last `bytes` of `id`: whole frames, at most what the
+    /// stream received, charged as a control request. The positions go
+    /// back as the backend's do ([`AudioBackend::rewind`]).
+    fn rewind(&mut self, now_usec: u64, id: StreamId, bytes: u64) {
+        if !self.charge_control(now_usec, id, "rewind") {
+            return;
+        }
+        let Some(held) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let frame = u64::from(held.spec.frame_size()).max(1);
+        let broken = if !held.opened {
+            Some("a rewind before the stream opened".to_owned())
+        } else if bytes % frame != 0 || bytes > held.received {
+            Some(format!(
+                "a rewind of {bytes} bytes (of {} received, frames of {frame})",
+                held.received
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = broken {
+            self.fail(id, reason);
+            return;
+        }
+        held.received -= bytes;
+        held.played = held.played.min(held.received);
+        held.limit_sent = held.limit_sent.min(held.received);
+        self.backend.rewind(id, bytes);
     }
 
     /// Whether a control request for `id` is within its budget (and `id`

@@ -60,6 +60,11 @@ pub enum Request {
     Close {
         id: StreamId,
     },
+    /// Withdraw the last `bytes` written (the guest protocol's `Rewind`).
+    Rewind {
+        id: StreamId,
+        bytes: u64,
+    },
     /// Record from the player's own configured source (the request cannot
     /// name one).
     OpenCapture {
@@ -134,6 +139,7 @@ mod tag {
     pub const SET_BUFFER: u8 = 5;
     pub const CLOSE: u8 = 6;
     pub const OPEN_CAPTURE: u8 = 7;
+    pub const REWIND: u8 = 8;
 
     pub const SERVER: u8 = 101;
     pub const OPENED: u8 = 102;
@@ -328,6 +334,9 @@ impl Request {
             Request::Flush { id } => {
                 w.u8(tag::FLUSH).u64(*id);
             }
+            Request::Rewind { id, bytes } => {
+                w.u8(tag::REWIND).u64(*id).u64(*bytes);
+            }
             Request::SetBuffer { id, tlength_bytes } => {
                 w.u8(tag::SET_BUFFER).u64(*id).u32(*tlength_bytes);
             }
@@ -386,6 +395,10 @@ impl Request {
             },
             tag::FLUSH => Request::Flush {
                 id: r.u64("stream id")?,
+            },
+            tag::REWIND => Request::Rewind {
+                id: r.u64("stream id")?,
+                bytes: r.u64("rewind bytes")?,
             },
             tag::SET_BUFFER => Request::SetBuffer {
                 id: r.u64("stream id")?,
@@ -550,6 +563,10 @@ mod tests {
                 tlength_bytes: 999,
             },
             Request::Close { id: 6 },
+            Request::Rewind {
+                id: 8,
+                bytes: 11_520,
+            },
             Request::OpenCapture {
                 id: 8,
                 spec: spec(),

@@ -795,3 +795,121 @@ fn closing_a_capture_connection_at_every_point_leaves_no_recording_stream() {
         assert!(s.is_closed(), "case {end}");
     }
 }
+
+/// Like [`streaming`], after a version-3 (rewind) Hello.
+fn streaming_v3() -> Session {
+    let mut s = Session::new(0, TIMEOUT, PEER);
+    let hello = Hello {
+        version: REWIND_PROTOCOL_VERSION,
+        ..hello()
+    };
+    msg(&mut s, 10, GuestMessage::Hello(hello));
+    let out = run(
+        &mut s,
+        20,
+        Event::StreamOpened {
+            buffer_bytes: TLENGTH,
+        },
+    );
+    match sent(&out).as_slice() {
+        [HostMessage::Accept(a)] => assert_eq!(a.version, REWIND_PROTOCOL_VERSION),
+        other => panic!("{other:?}"),
+    }
+    run(&mut s, 30, status(30, u64::from(TLENGTH), 0, false));
+    s
+}
+
+#[test]
+fn a_rewind_takes_the_positions_back_and_keeps_credit_exact() {
+    let mut s = streaming_v3();
+    let tl = u64::from(TLENGTH);
+    msg(&mut s, 40, GuestMessage::Audio(vec![0; 9600]));
+    msg(&mut s, 41, GuestMessage::Audio(vec![0; 9600]));
+    // 20 ms played, reported.
+    let out = run(&mut s, 20_000, status(20_000, 0, 3840, true));
+    assert_eq!(clock_of(&out).unwrap().played_bytes, 3840);
+    let out = msg(&mut s, 20_100, GuestMessage::Rewind { bytes: 9600 });
+    assert_eq!(out, vec![Action::Rewind { bytes: 9600 }]);
+    assert_eq!(s.received_bytes(), tl - 9600);
+    // The withdrawn bytes may be sent again without new credit...
+    let out = msg(&mut s, 20_200, GuestMessage::Audio(vec![0; 9600]));
+    assert!(matches!(out.as_slice(), [Action::Write(_)]), "{out:?}");
+    // ...and not one byte more.
+    let out = msg(&mut s, 20_300, GuestMessage::Audio(vec![0; 4]));
+    assert!(is_close(&out, true), "{out:?}");
+}
+
+#[test]
+fn the_next_clock_report_is_in_rewound_positions() {
+    let mut s = streaming_v3();
+    msg(&mut s, 40, GuestMessage::Audio(vec![0; 19_200]));
+    run(&mut s, 20_000, status(20_000, 0, 3840, true));
+    msg(&mut s, 20_100, GuestMessage::Rewind { bytes: 7680 });
+    let out = run(&mut s, 21_000, status(21_000, 7680, 4032, true));
+    let c = clock_of(&out).expect("a report at once after a rewind");
+    assert_eq!((c.received_bytes, c.played_bytes), (11_520, 4032));
+}
+
+#[test]
+fn rewinds_that_break_the_rules_close_the_connection() {
+    // Version 1 has no rewinds.
+    let mut s = streaming();
+    msg(&mut s, 40, GuestMessage::Audio(vec![0; 9600]));
+    let out = msg(&mut s, 50, GuestMessage::Rewind { bytes: 4 });
+    assert!(is_close(&out, true), "{out:?}");
+    // Not whole frames.
+    let mut s = streaming_v3();
+    msg(&mut s, 40, GuestMessage::Audio(vec![0; 9600]));
+    let out = msg(&mut s, 50, GuestMessage::Rewind { bytes: 6 });
+    assert!(is_close(&out, true), "{out:?}");
+    // More than was ever sent.
+    let mut s = streaming_v3();
+    msg(&mut s, 40, GuestMessage::Audio(vec![0; 9600]));
+    let out = msg(&mut s, 50, GuestMessage::Rewind { bytes: 9604 });
+    assert!(is_close(&out, true), "{out:?}");
+    // A zero rewind is harmless and does nothing.
+    let mut s = streaming_v3();
+    assert!(msg(&mut s, 40, GuestMessage::Rewind { bytes: 0 }).is_empty());
+    // Before Accept it is a bad request like any other message.
+    let mut s = Session::new(0, TIMEOUT, PEER);
+    msg(&mut s, 10, GuestMessage::Hello(hello()));
+    let out = msg(&mut s, 20, GuestMessage::Rewind { bytes: 0 });
+    assert!(is_close(&out, true), "{out:?}");
+}
+
+#[test]
+fn hello_versions_other_than_1_and_3_are_refused() {
+    for version in [0, 2, 4, u16::MAX] {
+        let mut s = Session::new(0, TIMEOUT, PEER);
+        let out = msg(
+            &mut s,
+            10,
+            GuestMessage::Hello(Hello { version, ..hello() }),
+        );
+        assert!(
+            matches!(
+                sent(&out).as_slice(),
+                [HostMessage::Reject {
+                    reason: RejectReason::UnsupportedVersion,
+                    ..
+                }]
+            ),
+            "version {version}: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn a_rewind_into_played_audio_keeps_played_within_received() {
+    let mut s = streaming_v3();
+    msg(&mut s, 40, GuestMessage::Audio(vec![0; 9600]));
+    run(&mut s, 20_000, status(20_000, 0, 3840, true));
+    // The guest withdraws more than is unplayed: allowed, the played part
+    // is not undone, and reports never say more was played than received.
+    let out = msg(&mut s, 20_100, GuestMessage::Rewind { bytes: 7680 });
+    assert_eq!(out, vec![Action::Rewind { bytes: 7680 }]);
+    let out = run(&mut s, 21_000, status(21_000, 0, 4032, true));
+    let c = clock_of(&out).unwrap();
+    assert_eq!((c.received_bytes, c.played_bytes), (1920, 1920));
+    assert!(HostMessage::Clock(c).validate().is_ok());
+}

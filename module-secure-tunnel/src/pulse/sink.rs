@@ -234,6 +234,10 @@ unsafe fn build(
         set_property(sink, c"secure_tunnel.reconnects", "0");
         set_property(sink, c"secure_tunnel.underruns", "0");
         sys::pa_sink_set_max_request(sink, usize::try_from(max_request).unwrap_or(usize::MAX));
+        // The inputs keep as much history as the host can hold (at most
+        // latency_msec): what a rewind can take back from it
+        // (docs/design.md, "Rewinds").
+        sys::pa_sink_set_max_rewind(sink, usize::try_from(max_request).unwrap_or(usize::MAX));
 
         ud.thread = sys::pa_thread_new(c"secure-tunnel".as_ptr(), Some(thread_func), u.cast());
         if ud.thread.is_null() {
@@ -348,9 +352,18 @@ impl Reporter {
         let events = engine.borrow_mut().take_events();
         for event in events {
             match event {
-                Event::Connected { buffer_bytes } => pa_log!(
+                Event::Connected {
+                    buffer_bytes,
+                    rewinds,
+                } => pa_log!(
                     Info,
-                    "{sink_name}: connected to host-playd (host buffer {buffer_bytes} bytes)"
+                    "{sink_name}: connected to host-playd (host buffer {buffer_bytes} bytes, \
+                     rewinds {})",
+                    if rewinds { "on" } else { "off" }
+                ),
+                Event::NoRewinds => pa_log!(
+                    Info,
+                    "{sink_name}: host-playd predates rewinds (protocol 3); using protocol 1"
                 ),
                 Event::ConnectFailed(e) => {
                     pa_log!(Warn, "{sink_name}: {e}; playing into the void and retrying")
@@ -471,10 +484,14 @@ unsafe fn io_loop(ud: &Userdata) -> Result<(), String> {
         ud.engine.borrow_mut().poll_io(now);
         if opened {
             // SAFETY: as above; rewinds are processed before rendering, as
-            // every sink must (we keep no local buffer to rewind, so 0).
+            // every sink must. The engine withdraws from the host what it
+            // surely has not played (a Rewind queued before the audio
+            // rendered next) and the inputs rewind exactly that much.
             unsafe {
                 if (*ud.sink).thread_info.rewind_requested {
-                    sys::pa_sink_process_rewind(ud.sink, 0);
+                    let requested = (*ud.sink).thread_info.rewind_nbytes as u64;
+                    let done = ud.engine.borrow_mut().rewind(requested, now);
+                    sys::pa_sink_process_rewind(ud.sink, usize::try_from(done).unwrap_or(0));
                 }
             }
             let budget = ud.engine.borrow_mut().render_budget(now);

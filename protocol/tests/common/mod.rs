@@ -48,6 +48,7 @@ pub fn all_guest() -> Vec<GuestMessage> {
         GuestMessage::CaptureCredit {
             limit_bytes: 38_400,
         },
+        GuestMessage::Rewind { bytes: 11_520 },
     ]
 }
 

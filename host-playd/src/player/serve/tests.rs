@@ -387,3 +387,62 @@ fn between_periodic_snapshots_only_streams_with_more_room_are_sent() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_rewind_takes_the_received_position_back_within_the_rules() {
+    let (now, mut p) = player();
+    opened(&mut p, 1, 19_200);
+    let write = |p: &mut Player<NullBackend>, n: usize| {
+        p.handle(
+            0,
+            Request::Write {
+                id: 1,
+                data: vec![0; n],
+            },
+        );
+    };
+    write(&mut p, 9_600);
+    write(&mut p, 9_600);
+    p.handle(
+        0,
+        Request::Rewind {
+            id: 1,
+            bytes: 9_600,
+        },
+    );
+    now.fetch_add(1_000, Ordering::SeqCst);
+    let Some(Report::Status(entries)) = p.status(true) else {
+        panic!("no status")
+    };
+    assert_eq!(entries[0].received_bytes, 9_600);
+    assert!(failed(&mut p).is_empty());
+    // Part of a frame, or more than was received: the stream fails.
+    p.handle(0, Request::Rewind { id: 1, bytes: 2 });
+    assert_eq!(failed(&mut p).len(), 1);
+    opened(&mut p, 2, 19_200);
+    p.handle(
+        0,
+        Request::Write {
+            id: 2,
+            data: vec![0; 400],
+        },
+    );
+    p.handle(0, Request::Rewind { id: 2, bytes: 404 });
+    let failures = failed(&mut p);
+    assert_eq!(failures.len(), 1);
+    assert!(failures[0].1.contains("rewind"), "{failures:?}");
+}
+
+#[test]
+fn a_rewind_flood_fails_only_the_flooded_stream() {
+    let (_, mut p) = player();
+    opened(&mut p, 1, 19_200);
+    opened(&mut p, 2, 19_200);
+    for _ in 0..(CONTROL_BURST + 1) {
+        p.handle(0, Request::Rewind { id: 1, bytes: 0 });
+    }
+    let failures = failed(&mut p);
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].0, 1);
+    assert_eq!(p.streams(), 1);
+}
