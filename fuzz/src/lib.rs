@@ -337,6 +337,9 @@ struct SessionLedger {
     last_credit: u64,
     last_played: u64,
     written: u64,
+    /// The least `written` stood at since the last clock report (rewinds
+    /// take it back): how far a report's `played_bytes` may go back.
+    written_low: Option<u64>,
     frame: u64,
 }
 
@@ -371,6 +374,10 @@ impl SessionLedger {
                     assert!(*bytes > 0, "empty rewind passed on");
                     assert!(*bytes <= self.written, "rewound more than written");
                     self.written -= bytes;
+                    let low = self
+                        .written_low
+                        .map_or(self.written, |w| w.min(self.written));
+                    self.written_low = Some(low);
                 }
                 Action::Close { .. } => {
                     assert_eq!(i + 1, actions.len(), "actions after Close");
@@ -428,7 +435,8 @@ impl SessionLedger {
                 // Only a rewind into played audio takes it back, and then
                 // no further than what is left received.
                 assert!(
-                    report.played_bytes >= self.last_played.min(self.written),
+                    report.played_bytes
+                        >= self.last_played.min(self.written_low.unwrap_or(u64::MAX)),
                     "played went back"
                 );
                 assert!(
@@ -437,6 +445,7 @@ impl SessionLedger {
                 );
                 assert!(report.received_bytes == self.written, "received mismatch");
                 self.last_played = report.played_bytes;
+                self.written_low = None;
             }
             HostMessage::Goodbye { .. } => assert!(self.accepted, "Goodbye before Accept"),
             HostMessage::CaptureData(_)

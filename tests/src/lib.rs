@@ -8,6 +8,7 @@
 
 mod binaries;
 mod error;
+pub mod heard;
 pub mod latency;
 mod legit;
 pub mod mic;

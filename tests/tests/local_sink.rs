@@ -4,12 +4,12 @@
 //! Real guest and host PulseAudio, the real module and host-playd; what
 //! arrived is checked sample by sample on the host sink's monitor.
 
-use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use secure_tunnel_e2e::heard::{analyse, secs, segments_ms, source_positions};
 use secure_tunnel_e2e::{
-    patests, signal, Recorder, Recording, TunnelStack, CHANNELS, GUEST_SINK, HOST_SINK, RATE,
+    patests, signal, Recorder, TunnelStack, CHANNELS, GUEST_SINK, HOST_SINK, RATE,
 };
 
 const FRAMES_PER_SEC: usize = RATE as usize;
@@ -37,74 +37,6 @@ fn host_recorder(stack: &TunnelStack) -> Recorder {
         Recorder::start(&stack.host, &format!("{HOST_SINK}.monitor")).expect("parec on the host");
     rec.wait_live(LIVE).expect("host monitor live");
     rec
-}
-
-/// Where each recorded frame came from in the played signal: for every
-/// frame of `recording` whose next two frames equal two frames of `played`
-/// (a pseudo-random signal, so two frames identify a position), that
-/// position. Silence and partial frames map to nothing.
-fn source_positions(played: &[i16], recording: &[i16]) -> Vec<(usize, usize)> {
-    let key = |s: &[i16]| -> u64 {
-        s.iter()
-            .take(2 * CHANNELS)
-            .fold(0u64, |k, &v| (k << 16) | u64::from(v as u16))
-    };
-    let frames = played.len() / CHANNELS;
-    let mut index = HashMap::with_capacity(frames);
-    for f in 0..frames.saturating_sub(1) {
-        index.insert(key(&played[f * CHANNELS..]), f);
-    }
-    (0..(recording.len() / CHANNELS).saturating_sub(1))
-        .filter_map(|r| index.get(&key(&recording[r * CHANNELS..])).map(|&p| (r, p)))
-        .collect()
-}
-
-/// What a recording holds of a played signal.
-#[derive(Debug)]
-struct Heard {
-    /// Frames of the signal heard at least once.
-    frames: usize,
-    /// Frames of the signal heard more than once.
-    repeated: usize,
-    /// Runs of consecutive signal positions, as (first, last) frames.
-    segments: Vec<(usize, usize)>,
-}
-
-fn analyse(played: &[i16], recording: &Recording) -> Heard {
-    let positions = source_positions(played, &recording.samples());
-    let mut count: HashMap<usize, u32> = HashMap::new();
-    let mut segments: Vec<(usize, usize)> = Vec::new();
-    for &(_, p) in &positions {
-        *count.entry(p).or_default() += 1;
-        match segments.last_mut() {
-            Some((_, last)) if p == *last + 1 => *last = p,
-            _ => segments.push((p, p)),
-        }
-    }
-    Heard {
-        frames: count.len(),
-        repeated: count.values().filter(|&&n| n > 1).count(),
-        segments,
-    }
-}
-
-fn secs(frames: usize) -> f64 {
-    frames as f64 / FRAMES_PER_SEC as f64
-}
-
-fn segments_ms(h: &Heard) -> String {
-    h.segments
-        .iter()
-        .filter(|(a, b)| b - a > 48)
-        .map(|(a, b)| {
-            format!(
-                "{}..{} ms",
-                a * 1000 / FRAMES_PER_SEC,
-                b * 1000 / FRAMES_PER_SEC
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// `paplay` with default buffering playing `played` into the tunnel sink,
