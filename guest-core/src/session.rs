@@ -86,6 +86,9 @@ pub struct TunnelSession {
     rewind_refill_at: u64,
     /// The host device's latency from the last clock report.
     device_latency_usec: u64,
+    /// What was sent before the last `Flush`: the host dropped it (it
+    /// counts as played), so no rewind may reach below it.
+    rewind_floor: u64,
     outgoing: Vec<GuestMessage>,
     notices: Vec<Notice>,
 }
@@ -113,6 +116,7 @@ impl TunnelSession {
             rewind_tokens: REWIND_BURST * 1_000_000,
             rewind_refill_at: now,
             device_latency_usec: 0,
+            rewind_floor: 0,
             outgoing: Vec::new(),
             notices: Vec::new(),
         };
@@ -140,7 +144,13 @@ impl TunnelSession {
             return 0;
         }
         let frame = u64::from(self.spec.frame_size().max(1));
-        let played = self.playback.played_at(now, self.rendered);
+        // Before the host's next report, the estimate does not know of a
+        // flush just sent: what it dropped must not be withdrawn again (the
+        // replacement would land in the past and be skipped).
+        let played = self
+            .playback
+            .played_at(now, self.rendered)
+            .max(self.rewind_floor);
         let keep = self
             .spec
             .usec_to_bytes(self.device_latency_usec.saturating_add(REWIND_GUARD_USEC));
@@ -152,6 +162,7 @@ impl TunnelSession {
         }
         self.rendered -= bytes;
         self.credit.refund(bytes);
+        self.rewind_floor = self.rewind_floor.min(self.rendered);
         if let Flow::Draining { until } = self.flow {
             // What was withdrawn will not be heard: the drain ends sooner.
             self.flow = Flow::Draining {
@@ -201,6 +212,7 @@ impl TunnelSession {
                 // drop it so new sound starts without waiting behind it.
                 self.outgoing.push(GuestMessage::Flush);
                 self.outgoing.push(GuestMessage::Uncork);
+                self.rewind_floor = self.rendered;
                 self.forget_schedule();
                 self.flow = Flow::Streaming;
                 self.next_ping = now;
@@ -570,6 +582,44 @@ mod tests {
         assert!(!s.is_corked());
         s.poll(30_000, 60_000).unwrap();
         assert!(s.is_corked(), "corked once the 30 ms kept are played");
+    }
+
+    #[test]
+    fn nothing_sent_before_a_flush_is_rewound() {
+        // CI found it: a new stream on an idle (corked) sink uncorks with
+        // Flush, and PulseAudio's rewind for the new stream followed at
+        // once; the guest still believed the old tail unplayed, withdrew
+        // it, and the start of the new stream landed in the past.
+        let mut s = rewindable();
+        // Idle: the host plays out the 60 ms of audio while the sink goes
+        // on sending silence (here 40 ms), then corks with that silence
+        // still queued.
+        s.set_activity(Activity::Idle, 0);
+        s.on_message(
+            HostMessage::Credit {
+                limit_bytes: 100 * 192,
+            },
+            0,
+        )
+        .unwrap();
+        s.on_rendered(40 * 192);
+        s.on_message(report(60_000, 60 * 192, 100 * 192), 60_000)
+            .unwrap();
+        assert!(s.is_corked());
+        // A new stream: Flush, Uncork, and PulseAudio's rewind at once.
+        s.set_activity(Activity::Running, 60_000);
+        let _ = s.drain_outgoing().count();
+        assert_eq!(s.rewind(u64::MAX, 60_000), 0);
+        // What is sent after the flush can be rewound again.
+        s.on_message(
+            HostMessage::Credit {
+                limit_bytes: 200 * 192,
+            },
+            60_000,
+        )
+        .unwrap();
+        s.on_rendered(60 * 192);
+        assert_eq!(s.rewind(u64::MAX, 60_000), 30 * 192);
     }
 
     #[test]
