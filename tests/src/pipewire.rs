@@ -102,6 +102,20 @@ impl PipeWireStack {
         )?;
         let wp = self.spawn_logged("wireplumber", Command::new("wireplumber"))?;
         self.daemons.push(wp);
+        // pipewire-pulse 0.3.65 stats `$XDG_RUNTIME_DIR/pulse`, then mkdirs
+        // it, and fails for good if it appeared in between; the `pactl
+        // info` polled below (libpulse creates that directory too) won that
+        // race once in CI. Made here first, as the user's session would
+        // have it, there is no race.
+        let pulse_dir = self.dir.path().join("runtime/pulse");
+        std::fs::create_dir_all(&pulse_dir)
+            .and_then(|()| {
+                std::fs::set_permissions(
+                    &pulse_dir,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                )
+            })
+            .map_err(|e| HarnessError::io(format!("creating {}", pulse_dir.display()), e))?;
         let pp = self.spawn_logged("pipewire-pulse", Command::new("pipewire-pulse"))?;
         self.daemons.push(pp);
         let start = Instant::now();
