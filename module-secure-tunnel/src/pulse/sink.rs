@@ -15,7 +15,7 @@ use pulse_module_sys::glue;
 use pulse_module_sys::glue::modargs::{cstring, Modargs};
 use secure_tunnel_guest::config::{RawArgs, TunnelConfig};
 use secure_tunnel_guest::engine::{Engine, Event, Stats};
-use secure_tunnel_guest::session::Activity;
+use secure_tunnel_guest::session::{Activity, REWIND_GUARD_USEC};
 
 const VALID_ARGS: &[&CStr] = &[
     c"server",
@@ -114,6 +114,7 @@ pub(super) unsafe fn init(m: *mut sys::pa_module) -> Result<(), String> {
     let max_request = spec
         .usec_to_bytes(target_usec)
         .max(u64::from(spec.frame_size()));
+    let max_rewind = spec.usec_to_bytes(target_usec.saturating_sub(REWIND_GUARD_USEC));
     let frame = spec.frame_size() as usize;
     let max_render = MAX_AUDIO_CHUNK - MAX_AUDIO_CHUNK % frame.max(1);
 
@@ -147,6 +148,7 @@ pub(super) unsafe fn init(m: *mut sys::pa_module) -> Result<(), String> {
             &server,
             &name,
             max_request,
+            max_rewind,
         )
     };
     if let Err(e) = built {
@@ -172,6 +174,7 @@ unsafe fn build(
     server: &CStr,
     name: &CStr,
     max_request: u64,
+    max_rewind: u64,
 ) -> Result<(), String> {
     // SAFETY: see the function contract; each call below receives pointers
     // that were just created by pulsecore or are fields of *u.
@@ -234,10 +237,12 @@ unsafe fn build(
         set_property(sink, c"secure_tunnel.reconnects", "0");
         set_property(sink, c"secure_tunnel.underruns", "0");
         sys::pa_sink_set_max_request(sink, usize::try_from(max_request).unwrap_or(usize::MAX));
-        // The inputs keep as much history as the host can hold (at most
-        // latency_msec): what a rewind can take back from it
-        // (docs/design.md, "Rewinds").
-        sys::pa_sink_set_max_rewind(sink, usize::try_from(max_request).unwrap_or(usize::MAX));
+        // The inputs keep as much history as a rewind can take back from
+        // the host: its buffer (latency_msec) less the guard the engine
+        // always leaves there; none at all when that is nothing, so a short
+        // latency_msec costs neither the history nor the monitor's delay
+        // queue (docs/design.md, "Rewinds").
+        sys::pa_sink_set_max_rewind(sink, usize::try_from(max_rewind).unwrap_or(usize::MAX));
 
         ud.thread = sys::pa_thread_new(c"secure-tunnel".as_ptr(), Some(thread_func), u.cast());
         if ud.thread.is_null() {
