@@ -39,6 +39,15 @@ fn host_recorder(stack: &TunnelStack) -> Recorder {
     rec
 }
 
+/// The index of the one stream playing in the guest.
+fn sink_input(stack: &TunnelStack) -> String {
+    let text = stack
+        .guest
+        .pactl_ok(&["list", "short", "sink-inputs"])
+        .expect("sink-inputs");
+    text.split_whitespace().next().unwrap_or("").to_owned()
+}
+
 /// `paplay` with default buffering playing `played` into the tunnel sink,
 /// started now; killed if the test ends first.
 struct Paplay(std::process::Child, Instant);
@@ -179,15 +188,8 @@ fn move_away_and_back_hears_no_repeat() {
     let rec = host_recorder(&stack);
     let played = signal::pseudo_random(0x3070, 5 * FRAMES_PER_SEC);
     let player = Paplay::start(&stack, &played);
-    let input = || -> String {
-        let text = stack
-            .guest
-            .pactl_ok(&["list", "short", "sink-inputs"])
-            .expect("sink-inputs");
-        text.split_whitespace().next().unwrap_or("").to_owned()
-    };
     std::thread::sleep(Duration::from_millis(1500));
-    let id = input();
+    let id = sink_input(&stack);
     stack
         .guest
         .pactl_ok(&["move-sink-input", &id, "elsewhere"])
@@ -250,14 +252,7 @@ fn a_stream_moved_away_is_withdrawn_from_the_host() {
     let played = signal::pseudo_random(0x4E57, 4 * FRAMES_PER_SEC);
     let player = Paplay::start(&stack, &played);
     std::thread::sleep(Duration::from_millis(1500));
-    let id = stack
-        .guest
-        .pactl_ok(&["list", "short", "sink-inputs"])
-        .expect("sink-inputs")
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_owned();
+    let id = sink_input(&stack);
     stack
         .guest
         .pactl_ok(&["move-sink-input", &id, "elsewhere"])
@@ -369,14 +364,7 @@ fn a_volume_change_is_heard_without_waiting_behind_the_host_buffer() {
     let played = signal::pseudo_random(0x7011, 4 * FRAMES_PER_SEC);
     let player = Paplay::start(&stack, &played);
     std::thread::sleep(Duration::from_millis(1500));
-    let id = stack
-        .guest
-        .pactl_ok(&["list", "short", "sink-inputs"])
-        .expect("sink-inputs")
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_owned();
+    let id = sink_input(&stack);
     stack
         .guest
         .pactl_ok(&["set-sink-input-volume", &id, "50%"])
