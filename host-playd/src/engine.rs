@@ -7,9 +7,8 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 
@@ -24,6 +23,7 @@ use crate::admission::HandshakeSlot;
 use crate::backend::{AudioBackend, Captured, StreamEvent, StreamId, StreamStatus};
 use crate::clock::{HostClock, RateLimit};
 use crate::control::ControlRequest;
+use crate::doorbell::{self, Bell, Ringer};
 use crate::policy::{Admission, CaptureMode, IdentityKey, PeerIdentity, Policy};
 use crate::session::{bounded_text, Action, Event, Session};
 use crate::stats::{self, ClientStats};
@@ -96,7 +96,7 @@ struct WakeFlag {
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
     tx: SyncSender<Command>,
-    wake: Arc<UnixStream>,
+    ringer: Ringer,
     flag: Arc<WakeFlag>,
 }
 
@@ -105,22 +105,40 @@ impl EngineHandle {
     /// engine.
     pub fn send(&self, command: Command) -> Result<(), EngineGone> {
         self.tx.send(command).map_err(|_| EngineGone)?;
-        // A full wake socket already holds a pending wake-up.
-        let _ = (&*self.wake).write(&[1]);
+        self.wake();
+        Ok(())
+    }
+
+    /// Queues `command` without waking the engine: the caller calls
+    /// [`EngineHandle::wake`] once it has queued what it had (the event loop
+    /// does at the end of each turn, so the messages read from a guest in
+    /// one turn cost the engine one wake-up). A full queue wakes the engine
+    /// first and then waits for room, so this never blocks on an engine
+    /// that was not told.
+    pub fn send_batched(&self, command: Command) -> Result<(), EngineGone> {
+        match self.tx.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(command)) => self.send(command),
+            Err(TrySendError::Disconnected(_)) => Err(EngineGone),
+        }
+    }
+
+    /// Wakes the engine (coalesced with any wake-up still pending).
+    pub fn wake(&self) {
+        self.ringer.ring();
         *self
             .flag
             .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = true;
         self.flag.signal.notify_one();
-        Ok(())
     }
 }
 
 /// The engine's end of the wake-up socket.
 #[derive(Debug)]
 pub struct WakeReceiver {
-    sock: UnixStream,
+    bell: Bell,
     flag: Arc<WakeFlag>,
 }
 
@@ -144,24 +162,21 @@ impl WakeReceiver {
     /// Switches to non-blocking mode, for backends that poll the descriptor
     /// themselves and then call [`WakeReceiver::drain`].
     pub fn set_nonblocking(&self) -> io::Result<()> {
-        self.sock.set_nonblocking(true)
+        // Both ends of the bell are non-blocking from the start.
+        Ok(())
     }
 
     /// Consumes pending wake-ups without blocking (after
     /// [`WakeReceiver::set_nonblocking`]).
+    /// Call it before taking the commands: see [`crate::doorbell`].
     pub fn drain(&self) {
-        let mut buf = [0u8; 256];
-        while let Ok(n) = (&self.sock).read(&mut buf) {
-            if n < buf.len() {
-                break;
-            }
-        }
+        self.bell.answer();
     }
 
     /// An independent handle on the same socket.
     pub fn try_clone(&self) -> io::Result<WakeReceiver> {
         Ok(WakeReceiver {
-            sock: self.sock.try_clone()?,
+            bell: self.bell.try_clone()?,
             flag: Arc::clone(&self.flag),
         })
     }
@@ -169,35 +184,27 @@ impl WakeReceiver {
 
 impl AsFd for WakeReceiver {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+        self.bell.as_fd()
     }
 }
 
 impl AsRawFd for WakeReceiver {
     fn as_raw_fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+        self.bell.as_raw_fd()
     }
 }
 
 /// Creates the engine's command channel and wake-up socket.
 pub fn channel() -> io::Result<(EngineHandle, Receiver<Command>, WakeReceiver)> {
     let (tx, rx) = mpsc::sync_channel(COMMAND_QUEUE);
-    let (wake_tx, wake_rx) = UnixStream::pair()?;
-    wake_tx.set_nonblocking(true)?;
+    let (ringer, bell) = doorbell::pair()?;
     let flag = Arc::new(WakeFlag::default());
     let handle = EngineHandle {
         tx,
-        wake: Arc::new(wake_tx),
+        ringer,
         flag: Arc::clone(&flag),
     };
-    Ok((
-        handle,
-        rx,
-        WakeReceiver {
-            sock: wake_rx,
-            flag,
-        },
-    ))
+    Ok((handle, rx, WakeReceiver { bell, flag }))
 }
 
 /// Limits the engine enforces across sessions.
@@ -347,6 +354,10 @@ pub struct Engine<B: AudioBackend> {
     stats_request: Option<Arc<AtomicBool>>,
     /// Connections seen per uid, IP address or CID since the start.
     connections: HashMap<IdentityKey, u64>,
+    /// The event loop's wake-up, rung once per engine step when messages
+    /// were queued for guests (see [`Outgoing::try_queue`]).
+    io_ringer: Option<Ringer>,
+    io_pending: bool,
 }
 
 impl<B: AudioBackend> Engine<B> {
@@ -362,6 +373,8 @@ impl<B: AudioBackend> Engine<B> {
             shutting_down: false,
             stats_request: None,
             connections: HashMap::new(),
+            io_ringer: None,
+            io_pending: false,
         }
     }
 
@@ -426,6 +439,7 @@ impl<B: AudioBackend> Engine<B> {
             } else {
                 IDLE_POLL
             };
+            self.ring_io();
             self.backend.drive(timeout, &wake);
             if failure.is_none() {
                 if let Some(reason) = self.backend.failure() {
@@ -436,8 +450,18 @@ impl<B: AudioBackend> Engine<B> {
                 }
             }
         }
+        self.ring_io();
         log::debug!("engine stopped");
         failure
+    }
+
+    /// Wakes the event loop if this step queued anything for a guest.
+    fn ring_io(&mut self) {
+        if std::mem::take(&mut self.io_pending) {
+            if let Some(ringer) = &self.io_ringer {
+                ringer.ring();
+            }
+        }
     }
 
     /// Handles one command (public for in-process tests).
@@ -734,8 +758,14 @@ impl<B: AudioBackend> Engine<B> {
             Action::Send(message) => {
                 let client = self.clients.get_mut(&id)?;
                 let outgoing = client.outgoing.as_ref()?;
-                match outgoing.try_send(message) {
-                    Ok(()) => None,
+                match outgoing.try_queue(message) {
+                    Ok(()) => {
+                        if self.io_ringer.is_none() {
+                            self.io_ringer = Some(outgoing.ringer());
+                        }
+                        self.io_pending = true;
+                        None
+                    }
                     Err(TrySendError::Full(_)) => {
                         self.drop_client(id, "outgoing queue full: the guest does not read");
                         None

@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError, TrySendError};
 use std::sync::Arc;
@@ -29,6 +28,7 @@ use crate::admission::{HandshakeSlot, HandshakeSlots};
 use crate::budget::MessageBudget;
 use crate::clock::{HostClock, RateLimit};
 use crate::connection::{Conn, Counters, OUTGOING_QUEUE, WRITE_TIMEOUT};
+use crate::doorbell::{self, Bell, Ringer};
 use crate::engine::{ClientId, Command, EngineHandle};
 use crate::listen::{refuse_conn, suppressed_note, AcceptSocket, Lingering};
 use crate::policy::{Admission, PeerIdentity, Policy};
@@ -59,7 +59,7 @@ pub struct Outgoing {
     id: ClientId,
     tx: Sender<IoCommand>,
     queued: Arc<AtomicUsize>,
-    wake: Arc<UnixStream>,
+    wake: Ringer,
 }
 
 impl std::fmt::Debug for IoCommand {
@@ -76,28 +76,36 @@ impl Outgoing {
     /// [`OUTGOING_QUEUE`] messages waiting already, `Disconnected` when the
     /// event loop is gone.
     pub fn try_send(&self, message: HostMessage) -> Result<(), TrySendError<()>> {
+        self.try_queue(message)?;
+        self.wake.ring();
+        Ok(())
+    }
+
+    /// Like [`Outgoing::try_send`] but does not wake the event loop: the
+    /// caller rings [`Outgoing::ringer`] once when it is done (the engine
+    /// does, before it sleeps), so a credit and a clock report sent in one
+    /// engine step cost the event loop one wake-up, not two.
+    pub fn try_queue(&self, message: HostMessage) -> Result<(), TrySendError<()>> {
         if self.queued.load(Ordering::SeqCst) >= OUTGOING_QUEUE {
             return Err(TrySendError::Full(()));
         }
         self.queued.fetch_add(1, Ordering::SeqCst);
         self.tx
             .send(IoCommand::Send(self.id, message))
-            .map_err(|_| TrySendError::Disconnected(()))?;
-        wake(&self.wake);
-        Ok(())
+            .map_err(|_| TrySendError::Disconnected(()))
+    }
+
+    /// The event loop's wake-up (shared by every guest's [`Outgoing`]).
+    pub fn ringer(&self) -> Ringer {
+        self.wake.clone()
     }
 }
 
 impl Drop for Outgoing {
     fn drop(&mut self) {
         let _ = self.tx.send(IoCommand::Close(self.id));
-        wake(&self.wake);
+        self.wake.ring();
     }
-}
-
-fn wake(sock: &UnixStream) {
-    // A full wake socket already holds a pending wake-up.
-    let _ = (&*sock).write(&[1]);
 }
 
 /// What the event loop needs besides its listeners.
@@ -118,8 +126,8 @@ pub struct Acceptance {
 pub struct IoChannel {
     tx: Sender<IoCommand>,
     rx: Receiver<IoCommand>,
-    wake_tx: Arc<UnixStream>,
-    wake_rx: UnixStream,
+    wake_tx: Ringer,
+    wake_rx: Bell,
     /// The queue counters of [`IoChannel::outgoing`] handles (tests only).
     #[cfg(test)]
     test_queues: std::sync::Mutex<HashMap<ClientId, Arc<AtomicUsize>>>,
@@ -128,13 +136,11 @@ pub struct IoChannel {
 impl IoChannel {
     pub fn new() -> io::Result<Self> {
         let (tx, rx) = mpsc::channel();
-        let (wake_tx, wake_rx) = UnixStream::pair()?;
-        wake_tx.set_nonblocking(true)?;
-        wake_rx.set_nonblocking(true)?;
+        let (wake_tx, wake_rx) = doorbell::pair()?;
         Ok(IoChannel {
             tx,
             rx,
-            wake_tx: Arc::new(wake_tx),
+            wake_tx,
             wake_rx,
             #[cfg(test)]
             test_queues: std::sync::Mutex::default(),
@@ -155,7 +161,7 @@ impl IoChannel {
             id,
             tx: self.tx.clone(),
             queued,
-            wake: Arc::clone(&self.wake_tx),
+            wake: self.wake_tx.clone(),
         }
     }
 
@@ -219,6 +225,7 @@ pub fn spawn(
                 channel,
                 shared: acceptance,
                 scratch: vec![0; READ_PER_TURN],
+                engine_pending: false,
             };
             event_loop.limits = event_loop
                 .listeners
@@ -239,6 +246,9 @@ struct EventLoop {
     channel: IoChannel,
     shared: Acceptance,
     scratch: Vec<u8>,
+    /// Guest messages were queued for the engine this turn without waking
+    /// it ([`EngineHandle::send_batched`]).
+    engine_pending: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -263,6 +273,10 @@ impl EventLoop {
                     Source::Listener(i) => self.accept_from(i),
                     Source::Conn(id) => self.serve(id, flags),
                 }
+            }
+            // One wake-up for all the guests' messages of this turn.
+            if std::mem::take(&mut self.engine_pending) {
+                self.shared.engine.wake();
             }
             if !self.engine_commands() {
                 log::debug!("guest event loop stopped: the engine is gone");
@@ -312,13 +326,9 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Call it before taking the engine's commands: see [`crate::doorbell`].
     fn drain_wake(&mut self) {
-        let mut buf = [0u8; 256];
-        while let Ok(n) = (&self.channel.wake_rx).read(&mut buf) {
-            if n < buf.len() {
-                break;
-            }
-        }
+        self.channel.wake_rx.answer();
     }
 
     /// Carries out what the engine asked; `false` once the engine is gone
@@ -444,7 +454,7 @@ impl EventLoop {
             id,
             tx: self.channel.tx.clone(),
             queued: Arc::clone(&queued),
-            wake: Arc::clone(&self.channel.wake_tx),
+            wake: self.channel.wake_tx.clone(),
         };
         // Registered before anything is read, so no message overtakes it.
         let connect = Command::Connect {
@@ -523,10 +533,11 @@ impl EventLoop {
                                     message,
                                     at_usec,
                                 };
-                                if self.shared.engine.send(command).is_err() {
+                                if self.shared.engine.send_batched(command).is_err() {
                                     c.reading = false;
                                     return;
                                 }
+                                self.engine_pending = true;
                             }
                             Ok(None) => break,
                             Err(e) => {

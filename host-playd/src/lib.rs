@@ -32,6 +32,8 @@ pub mod connection;
 pub mod control;
 /// Wiring: listeners, engine thread, shutdown.
 pub mod daemon;
+/// Coalescing wake-ups between the guest-facing process's two loops.
+pub mod doorbell;
 /// The engine thread: sessions meet the backend.
 pub mod engine;
 /// The guest-facing event loop: accept, read, decode, write.

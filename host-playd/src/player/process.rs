@@ -28,9 +28,7 @@ use crate::clock::HostClock;
 use crate::engine;
 use crate::sandbox;
 
-/// How often each open stream's status is pushed at least (the engine's
-/// period); more often when the server asks for audio.
-pub const STATUS_INTERVAL_USEC: u64 = 5_000;
+pub use super::serve::STATUS_INTERVAL_USEC;
 /// Status packets between the periodic ones are at least this far apart:
 /// the requests of many streams coalesce into one packet (each wakes the
 /// guest-facing engine, which then looks at every session).
@@ -121,14 +119,15 @@ pub fn run(sock: OwnedFd, config: PlayerConfig) -> Result<(), PlayerError> {
     link.report(&Report::Server {
         connected: reachable,
     })?;
-    let mut next_status = 0u64;
     let mut last_sent = 0u64;
     loop {
         let now = clock.now_usec();
-        let timeout = if player.streams() > 0 {
-            Duration::from_micros(next_status.saturating_sub(now).min(STATUS_INTERVAL_USEC))
-        } else {
-            IDLE_WAIT
+        // Streams being opened or closed need no timer: their callbacks
+        // wake libpulse's poll.
+        let timeout = match player.next_status_usec() {
+            Some(at) => Duration::from_micros(at.saturating_sub(now).min(STATUS_INTERVAL_USEC)),
+            None if player.streams() > 0 => Duration::from_micros(STATUS_INTERVAL_USEC),
+            None => IDLE_WAIT,
         };
         player.backend_mut().drive(timeout, &idle_wake);
         let now = clock.now_usec();
@@ -154,14 +153,11 @@ pub fn run(sock: OwnedFd, config: PlayerConfig) -> Result<(), PlayerError> {
             link.report(&report)?;
         }
         let now = clock.now_usec();
-        let due = now >= next_status;
+        let due = player.next_status_usec().is_some_and(|at| now >= at);
         if due || now >= last_sent + MIN_STATUS_GAP_USEC {
-            if let Some(status) = player.status(due) {
+            if let Some(status) = player.status(now) {
                 last_sent = now;
                 link.status(&status)?;
-            }
-            if due {
-                next_status = now + STATUS_INTERVAL_USEC;
             }
         }
         link.flush()?;

@@ -45,6 +45,17 @@ pub const CONTROL_BURST: u32 = 400;
 /// one chunk): the guest-facing side grants one buffer of credit.
 pub const WRITE_AHEAD_BUFFERS: u64 = 2;
 
+/// How often each open playback stream's status is pushed at least,
+/// counted from the last status that carried it: a stream the server keeps
+/// asking audio of rides on those statuses (each one wakes the engine, which
+/// sends a clock report with the credit), so while audio flows the timer
+/// never fires. 20 ms is the guest's clock-report interval while playing
+/// (`session::CLOCK_INTERVAL_PLAYING_USEC`): a status more often than that
+/// would only wake the guest-facing process for nothing. It was 5 ms for
+/// every stream at once; issue 10's cost benchmark counted those wake-ups
+/// (with the credit path's) as nearly all of host-playd's CPU.
+pub const STATUS_INTERVAL_USEC: u64 = 20_000;
+
 /// The longest recording fragment the player opens, in time: the capture
 /// latency a guest can ask for is cut to the policy's maximum anyway.
 pub const MAX_FRAGMENT_USEC: u64 = 1_000_000;
@@ -61,6 +72,8 @@ struct Held {
     /// `received + writable` in the last status sent: the credit the other
     /// side could grant then.
     limit_sent: u64,
+    /// When the last status carrying this stream was made.
+    status_at: Option<u64>,
     control: Bucket,
 }
 
@@ -202,6 +215,7 @@ impl<B: AudioBackend> Player<B> {
             received: 0,
             played: 0,
             limit_sent: 0,
+            status_at: None,
             control: Bucket::new(CONTROL_PER_SEC, CONTROL_BURST),
         }
     }
@@ -435,14 +449,14 @@ impl<B: AudioBackend> Player<B> {
         self.captured = captured;
     }
 
-    /// A snapshot of every open stream if `due` (the periodic one, for clock
-    /// reports), else of those that can take more audio than the last
-    /// snapshot said (the server asked for more: the credit a guest waits
-    /// for); `None` when there is nothing to say. Sending the former at once keeps the credit loop
-    /// as short as when the engine read libpulse in-process: a request the
-    /// server makes is passed on within one main-loop iteration, not at the
-    /// next period.
-    pub fn status(&mut self, due: bool) -> Option<Report> {
+    /// A snapshot of the open playback streams that can take more audio than
+    /// the last snapshot said (the server asked for more: the credit a guest
+    /// waits for) or whose last snapshot is [`STATUS_INTERVAL_USEC`] old (for
+    /// clock reports); `None` when there is nothing to say. Sending the
+    /// former at once keeps the credit loop as short as when the engine read
+    /// libpulse in-process: a request the server makes is passed on within
+    /// one main-loop iteration, not at the next period.
+    pub fn status(&mut self, now_usec: u64) -> Option<Report> {
         let mut entries = Vec::new();
         for (&id, held) in &mut self.streams {
             if !held.opened || held.capture {
@@ -451,11 +465,15 @@ impl<B: AudioBackend> Player<B> {
             if let Some(status) = self.backend.status(id) {
                 held.played = held.played.max(status.played_bytes.min(held.received));
                 let limit = held.received + status.writable_bytes;
-                // Between periodic snapshots only the streams that can take
-                // more (with many guests, a request on one stream must not
-                // cost a snapshot of all).
+                let due = held.status_at.map_or(true, |at| {
+                    now_usec >= at.saturating_add(STATUS_INTERVAL_USEC)
+                });
+                // Only the streams that are due or can take more (with many
+                // guests, a request on one stream must not cost a snapshot
+                // of all).
                 if due || limit > held.limit_sent {
                     held.limit_sent = limit;
+                    held.status_at = Some(now_usec);
                     entries.push(StatusEntry {
                         id,
                         received_bytes: held.received,
@@ -469,6 +487,19 @@ impl<B: AudioBackend> Player<B> {
         }
         entries.sort_by_key(|e| e.id);
         Some(Report::Status(entries))
+    }
+
+    /// When the next status falls due (host time, usec): the earliest of the
+    /// open playback streams' periods; `None` when none is open.
+    pub fn next_status_usec(&self) -> Option<u64> {
+        self.streams
+            .values()
+            .filter(|h| h.opened && !h.capture)
+            .map(|h| {
+                h.status_at
+                    .map_or(0, |at| at.saturating_add(STATUS_INTERVAL_USEC))
+            })
+            .min()
     }
 }
 

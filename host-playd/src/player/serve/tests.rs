@@ -59,6 +59,11 @@ fn opened(p: &mut Player<NullBackend>, id: StreamId, tlength: u32) -> u32 {
     }
 }
 
+/// The status the player would push at the fake clock's time.
+fn status_now(p: &mut Player<NullBackend>, now: &AtomicU64) -> Option<Report> {
+    p.status(now.load(Ordering::SeqCst))
+}
+
 fn failed(p: &mut Player<NullBackend>) -> Vec<(StreamId, String)> {
     p.collect_events();
     p.take_outbox()
@@ -82,7 +87,7 @@ fn a_valid_stream_opens_plays_and_reports_what_it_received() {
         },
     );
     now.fetch_add(10_000, Ordering::SeqCst);
-    let Some(Report::Status(entries)) = p.status(true) else {
+    let Some(Report::Status(entries)) = status_now(&mut p, now) else {
         panic!("no status")
     };
     assert_eq!(entries.len(), 1);
@@ -90,7 +95,9 @@ fn a_valid_stream_opens_plays_and_reports_what_it_received() {
     assert!(entries[0].status.played_bytes > 0);
     p.handle(0, Request::Close { id: 1 });
     assert_eq!(p.streams(), 0);
-    assert!(p.status(true).is_none());
+    assert_eq!(p.next_status_usec(), None);
+    now.fetch_add(STATUS_INTERVAL_USEC, Ordering::SeqCst);
+    assert!(status_now(&mut p, now).is_none());
 }
 
 #[test]
@@ -351,11 +358,17 @@ fn status_goes_out_when_the_stream_can_take_more_or_when_due() {
     let (now, mut p) = player();
     opened(&mut p, 1, 19_200);
     // The first snapshot: the whole buffer is writable.
-    assert!(p.status(false).is_some());
-    // Nothing changed: only the periodic one.
-    assert!(p.status(false).is_none());
-    assert!(p.status(true).is_some());
-    // Audio written and then played out: room again, sent at once.
+    let first = now.load(Ordering::SeqCst);
+    assert!(status_now(&mut p, now).is_some());
+    assert_eq!(p.next_status_usec(), Some(first + STATUS_INTERVAL_USEC));
+    // Nothing changed: only the periodic one, once its period is up.
+    assert!(status_now(&mut p, now).is_none());
+    now.fetch_add(STATUS_INTERVAL_USEC - 1, Ordering::SeqCst);
+    assert!(status_now(&mut p, now).is_none());
+    now.fetch_add(1, Ordering::SeqCst);
+    assert!(status_now(&mut p, now).is_some());
+    // Audio written and then played out: room again, sent at once, well
+    // within the period.
     p.handle(
         0,
         Request::Write {
@@ -363,9 +376,15 @@ fn status_goes_out_when_the_stream_can_take_more_or_when_due() {
             data: vec![0; 4_800],
         },
     );
-    assert!(p.status(false).is_none(), "writing only shrinks the room");
-    now.fetch_add(30_000, Ordering::SeqCst);
-    assert!(p.status(false).is_some());
+    assert!(
+        status_now(&mut p, now).is_none(),
+        "writing only shrinks the room"
+    );
+    now.fetch_add(10_000, Ordering::SeqCst);
+    assert!(status_now(&mut p, now).is_some());
+    // A status sent for room restarts the stream's period.
+    let sent = now.load(Ordering::SeqCst);
+    assert_eq!(p.next_status_usec(), Some(sent + STATUS_INTERVAL_USEC));
 }
 
 #[test]
@@ -373,17 +392,24 @@ fn between_periodic_snapshots_only_streams_with_more_room_are_sent() {
     let (now, mut p) = player();
     opened(&mut p, 1, 19_200);
     opened(&mut p, 2, 19_200);
-    assert!(matches!(p.status(true), Some(Report::Status(e)) if e.len() == 2));
+    assert!(matches!(status_now(&mut p, now), Some(Report::Status(e)) if e.len() == 2));
     p.handle(
         0,
         Request::Write {
             id: 1,
-            data: vec![0; 4_800],
+            data: vec![0; 960],
         },
     );
-    now.fetch_add(30_000, Ordering::SeqCst);
-    match p.status(false) {
+    now.fetch_add(10_000, Ordering::SeqCst);
+    match status_now(&mut p, now) {
         Some(Report::Status(e)) => assert_eq!(e.iter().map(|e| e.id).collect::<Vec<_>>(), [1]),
+        other => panic!("{other:?}"),
+    }
+    // Each stream keeps its own period: stream 2 falls due 20 ms after its
+    // last status; stream 1 (its 5 ms played out, no more room) 10 ms later.
+    now.fetch_add(STATUS_INTERVAL_USEC - 10_000, Ordering::SeqCst);
+    match status_now(&mut p, now) {
+        Some(Report::Status(e)) => assert_eq!(e.iter().map(|e| e.id).collect::<Vec<_>>(), [2]),
         other => panic!("{other:?}"),
     }
 }
@@ -411,7 +437,7 @@ fn a_rewind_takes_the_received_position_back_within_the_rules() {
         },
     );
     now.fetch_add(1_000, Ordering::SeqCst);
-    let Some(Report::Status(entries)) = p.status(true) else {
+    let Some(Report::Status(entries)) = status_now(&mut p, now) else {
         panic!("no status")
     };
     assert_eq!(entries[0].received_bytes, 9_600);
