@@ -27,11 +27,6 @@ pub const CLOCK_INTERVAL_IDLE_USEC: u64 = 200_000;
 /// engine samples streams every few milliseconds (see `engine::ACTIVE_POLL`):
 /// the gap between two reports then never exceeds the interval.
 pub const CLOCK_SLACK_USEC: u64 = 5_000;
-/// A clock report rides on a credit message when the last one is at least
-/// this old: the guest wakes for the credit anyway, so while audio flows the
-/// reports cost no wake-up of their own (the player then has no periodic
-/// status to send either: see `player::serve::STATUS_INTERVAL_USEC`).
-pub const CLOCK_RIDE_GAP_USEC: u64 = 5_000;
 /// How long the backend may take to open a stream after the Hello.
 pub const OPEN_TIMEOUT_USEC: u64 = 5_000_000;
 
@@ -578,8 +573,7 @@ impl Session {
         let writable = writable - writable % frame;
         let limit = self.received_bytes.saturating_add(writable);
         let threshold = (u64::from(self.tlength_bytes) / 4 / frame * frame).max(frame);
-        let credit = limit >= self.granted_bytes.saturating_add(threshold);
-        if credit {
+        if limit >= self.granted_bytes.saturating_add(threshold) {
             self.granted_bytes = limit;
             out.push(Action::Send(HostMessage::Credit { limit_bytes: limit }));
         }
@@ -594,10 +588,7 @@ impl Session {
         };
         let due = match self.last_clock_usec {
             None => true,
-            Some(last) => {
-                let since = status.host_time_usec.saturating_sub(last);
-                since + CLOCK_SLACK_USEC >= interval || (credit && since >= CLOCK_RIDE_GAP_USEC)
-            }
+            Some(last) => status.host_time_usec.saturating_sub(last) + CLOCK_SLACK_USEC >= interval,
         };
         if due || self.clock_dirty || status.playing != self.last_playing {
             self.last_clock_usec = Some(status.host_time_usec);

@@ -47,8 +47,9 @@ pub const WRITE_AHEAD_BUFFERS: u64 = 2;
 
 /// How often each open playback stream's status is pushed at least,
 /// counted from the last status that carried it: a stream the server keeps
-/// asking audio of rides on those statuses (each one wakes the engine, which
-/// sends a clock report with the credit), so while audio flows the timer
+/// asking audio of is carried by those statuses (each one wakes the engine,
+/// which sends the credit and, once 15 ms have passed, a clock report with
+/// it), so while audio flows the timer
 /// never fires. 20 ms is the guest's clock-report interval while playing
 /// (`session::CLOCK_INTERVAL_PLAYING_USEC`): a status more often than that
 /// would only wake the guest-facing process for nothing. It was 5 ms for

@@ -414,33 +414,6 @@ fn clock_reports_are_paced_clamped_and_monotonic() {
 }
 
 #[test]
-fn a_clock_report_rides_on_each_credit_at_most_every_ride_gap() {
-    let mut s = streaming();
-    msg(&mut s, 40, GuestMessage::Audio(vec![0; TLENGTH as usize]));
-    let t0 = 20_030;
-    assert!(clock_of(&run(&mut s, t0, status(t0, 0, 0, true))).is_some());
-    // A credit 15 ms later (the server asked a quarter buffer): the report
-    // goes with it, though its 20 ms interval is not up.
-    let t1 = t0 + 15_000;
-    let out = run(&mut s, t1, status(t1, 4_800, 4_800, true));
-    assert!(sent(&out)
-        .iter()
-        .any(|m| matches!(m, HostMessage::Credit { .. })));
-    assert_eq!(clock_of(&out).map(|c| c.host_time_usec), Some(t1));
-    // Credits closer together than the ride gap carry none.
-    msg(&mut s, t1 + 100, GuestMessage::Audio(vec![0; 4_800]));
-    let t2 = t1 + CLOCK_RIDE_GAP_USEC - 1;
-    let out = run(&mut s, t2, status(t2, 9_600, 9_600, true));
-    assert!(sent(&out)
-        .iter()
-        .any(|m| matches!(m, HostMessage::Credit { .. })));
-    assert!(clock_of(&out).is_none());
-    // And a status without credit waits for the interval.
-    let t3 = t1 + 10_000;
-    assert!(clock_of(&run(&mut s, t3, status(t3, 0, 9_600, true))).is_none());
-}
-
-#[test]
 fn idle_clock_reports_are_sparse_and_state_changes_are_prompt() {
     let mut s = streaming();
     assert!(clock_of(&run(&mut s, 195_000, status(195_000, 0, 0, false))).is_none());
