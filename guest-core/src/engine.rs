@@ -51,27 +51,6 @@ pub fn host_target_usec(requested_usec: Option<u64>, min_usec: u64, cap_usec: u6
     u32::try_from(wanted).unwrap_or(MAX_TARGET_LATENCY_USEC)
 }
 
-/// How much audio the sink takes from its inputs at once, and the least
-/// latency it tells the sound server it can run at: a quarter of
-/// `latency_msec` (at least 0.5 ms, PulseAudio's floor), the credit step
-/// host-playd grants in (a quarter of its buffer).
-///
-/// Why not the whole host buffer, as before (issue 10, write-to-heard):
-/// PulseAudio sizes every client's buffer against the sink, at least its
-/// configured latency plus `max_request` plus two `minreq` (protocol-native's
-/// `fix_playback_buffer_attr` and `update_max_request`). Declaring the host's
-/// whole buffer in both made each client buffer it a second time in the
-/// guest: `pacat --latency-msec=10` got a 25 ms buffer at `latency_msec=20`,
-/// and a player's sound was heard 39.5 ms after its write where direct
-/// playback takes 7.2 ms. The host's buffer is not the inputs' to cover: the
-/// sink only ever takes a credit step at a time in steady state, and the
-/// latency it reports (`GET_LATENCY`) still counts everything up to the
-/// speaker, so clients' clocks stay true. Measured after: 24.6 ms heard
-/// at 20 ms, 64.8 ms at 60 ms (docs/benchmarks.md).
-pub fn render_quantum_usec(latency_msec: u32) -> u64 {
-    (u64::from(latency_msec) * 1000 / 4).max(500)
-}
-
 /// Something worth a line in PulseAudio's log or a sink property, produced
 /// only on transitions so the IO thread never floods either.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,15 +143,6 @@ impl Engine {
 
     pub fn is_connected(&self) -> bool {
         matches!(self.link, Link::Up(_))
-    }
-
-    /// The latency range the sink declares to the sound server: from the
-    /// render quantum ([`render_quantum_usec`]) up to `max_latency_msec`.
-    /// Requests below `min_latency_msec` are still raised to it for the
-    /// host's buffer ([`Engine::set_requested_latency`]).
-    pub fn sink_latency_range_usec(&self) -> (u64, u64) {
-        let (min, max) = self.latency_range_usec();
-        (render_quantum_usec(self.config.latency_msec).min(min), max)
     }
 
     /// The latency range offered to applications, in microseconds.
@@ -495,17 +465,7 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::{host_target_usec, render_quantum_usec};
-
-    #[test]
-    fn the_sink_takes_a_credit_step_at_a_time() {
-        // A quarter of latency_msec: what clients' buffers are sized by.
-        assert_eq!(render_quantum_usec(20), 5_000);
-        assert_eq!(render_quantum_usec(60), 15_000);
-        assert_eq!(render_quantum_usec(200), 50_000);
-        // Never below PulseAudio's 0.5 ms floor.
-        assert_eq!(render_quantum_usec(1), 500);
-    }
+    use super::host_target_usec;
 
     #[test]
     fn the_host_never_buffers_more_than_latency_msec() {

@@ -18,12 +18,12 @@ use secure_tunnel_bench::{
 };
 use secure_tunnel_e2e::{find_sink, GUEST_SINK, HOST_SINK, MODULE_NAME};
 
-const USAGE: &str = "bench-stability [--minutes M] [--hogs N] [--phases idle,loaded]
+const USAGE: &str = "bench-stability [--minutes M] [--hogs N] [--phases idle,loaded,idle10]
 
 Runs module-secure-tunnel-sink for M minutes (default 10) per phase: latency_msec=20
 on an idle machine (idle), then latency_msec=40 with N busy loops (default 2, one per
-core; loaded). --phases picks which (default both). Also BENCH_MINUTES, BENCH_HOGS,
-BENCH_PHASES.";
+core; loaded); idle10 is latency_msec=10 on an idle machine. --phases picks which
+(default idle,loaded). Also BENCH_MINUTES, BENCH_HOGS, BENCH_PHASES.";
 
 /// The guest sink property our module may publish its underrun count in.
 const UNDERRUN_PROPERTY: &str = "secure_tunnel.underruns";
@@ -49,7 +49,11 @@ fn main() -> Result<()> {
                 target_ms: 40,
                 hogs,
             }),
-            other => anyhow::bail!("unknown phase {other:?} (idle, loaded)\n{USAGE}"),
+            "idle10" => phases.push(Phase {
+                target_ms: 10,
+                hogs: 0,
+            }),
+            other => anyhow::bail!("unknown phase {other:?} (idle, loaded, idle10)\n{USAGE}"),
         }
     }
     println!(

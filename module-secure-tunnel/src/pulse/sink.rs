@@ -14,7 +14,7 @@ use super::{no_unwind, pa_log};
 use pulse_module_sys::glue;
 use pulse_module_sys::glue::modargs::{cstring, Modargs};
 use secure_tunnel_guest::config::{RawArgs, TunnelConfig};
-use secure_tunnel_guest::engine::{render_quantum_usec, Engine, Event, Stats};
+use secure_tunnel_guest::engine::{Engine, Event, Stats};
 use secure_tunnel_guest::session::{Activity, REWIND_GUARD_USEC};
 
 const VALID_ARGS: &[&CStr] = &[
@@ -111,10 +111,8 @@ pub(super) unsafe fn init(m: *mut sys::pa_module) -> Result<(), String> {
     let server = cstring(&config.server.to_string());
     let name = cstring(&config.sink_name);
     let target_usec = u64::from(config.latency_msec) * 1000;
-    // A credit step at a time, not the host's buffer: see
-    // engine::render_quantum_usec (every client's buffer is sized by it).
     let max_request = spec
-        .usec_to_bytes(render_quantum_usec(config.latency_msec))
+        .usec_to_bytes(target_usec)
         .max(u64::from(spec.frame_size()));
     let max_rewind = spec.usec_to_bytes(target_usec.saturating_sub(REWIND_GUARD_USEC));
     let frame = spec.frame_size() as usize;
@@ -233,7 +231,7 @@ unsafe fn build(
         (*sink).userdata = u.cast();
         sys::pa_sink_set_asyncmsgq(sink, ud.thread_mq.inq);
         sys::pa_sink_set_rtpoll(sink, ud.rtpoll);
-        let (min_latency, max_latency) = ud.engine.borrow().sink_latency_range_usec();
+        let (min_latency, max_latency) = ud.engine.borrow().latency_range_usec();
         sys::pa_sink_set_latency_range(sink, min_latency, max_latency);
         set_property(sink, c"secure_tunnel.connected", "no");
         set_property(sink, c"secure_tunnel.reconnects", "0");
