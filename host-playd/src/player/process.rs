@@ -29,6 +29,13 @@ use crate::engine;
 use crate::sandbox;
 
 pub use super::serve::STATUS_INTERVAL_USEC;
+/// How often the player looks at its open streams at least, whether or not
+/// a status is due: each look asks the server for fresh timing once the
+/// last is `TIMING_UPDATE_USEC` (20 ms) old, so the timing base a report is
+/// extrapolated from stays as fresh as when a status went out every 5 ms
+/// (a base older than `MAX_EXTRAPOLATION_USEC` reads as a stalled host).
+/// A look that finds nothing due sends nothing and wakes no one else.
+pub const LOOK_INTERVAL_USEC: u64 = 5_000;
 /// Status packets between the periodic ones are at least this far apart:
 /// the requests of many streams coalesce into one packet (each wakes the
 /// guest-facing engine, which then looks at every session).
@@ -125,7 +132,7 @@ pub fn run(sock: OwnedFd, config: PlayerConfig) -> Result<(), PlayerError> {
         // Streams being opened or closed need no timer: their callbacks
         // wake libpulse's poll.
         let timeout = match player.next_status_usec() {
-            Some(at) => Duration::from_micros(at.saturating_sub(now).min(STATUS_INTERVAL_USEC)),
+            Some(at) => Duration::from_micros(at.saturating_sub(now).min(LOOK_INTERVAL_USEC)),
             None if player.streams() > 0 => Duration::from_micros(STATUS_INTERVAL_USEC),
             None => IDLE_WAIT,
         };
