@@ -159,15 +159,8 @@ impl WakeReceiver {
         *pending = false;
     }
 
-    /// Switches to non-blocking mode, for backends that poll the descriptor
-    /// themselves and then call [`WakeReceiver::drain`].
-    pub fn set_nonblocking(&self) -> io::Result<()> {
-        // Both ends of the bell are non-blocking from the start.
-        Ok(())
-    }
-
-    /// Consumes pending wake-ups without blocking (after
-    /// [`WakeReceiver::set_nonblocking`]).
+    /// Consumes pending wake-ups without blocking (the descriptor is
+    /// non-blocking from the start), for backends that poll it themselves.
     /// Call it before taking the commands: see [`crate::doorbell`].
     pub fn drain(&self) {
         self.bell.answer();

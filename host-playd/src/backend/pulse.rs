@@ -224,8 +224,6 @@ impl PulseBackend {
         clock: HostClock,
         wake: &WakeReceiver,
     ) -> Result<Self, BackendError> {
-        wake.set_nonblocking()
-            .map_err(|e| init_error(&format!("wake-up socket: {e}")))?;
         let drain = wake
             .try_clone()
             .map_err(|e| init_error(&format!("wake-up socket: {e}")))?;

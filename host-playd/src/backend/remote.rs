@@ -65,9 +65,6 @@ pub struct RemoteBackend {
     failure: Option<String>,
     packet: Vec<u8>,
     scratch: Vec<u8>,
-    /// Whether the engine's wake-up socket was made non-blocking (it is
-    /// polled and drained here).
-    wake_ready: bool,
 }
 
 impl RemoteBackend {
@@ -96,7 +93,6 @@ impl RemoteBackend {
             failure: None,
             packet: packet::buffer(),
             scratch: Vec::new(),
-            wake_ready: false,
         })
     }
 
@@ -368,13 +364,6 @@ impl AudioBackend for RemoteBackend {
         if self.failure.is_some() {
             wake.wait(timeout);
             return;
-        }
-        if !self.wake_ready {
-            if let Err(e) = wake.set_nonblocking() {
-                self.fail(format!("cannot poll the engine's wake-up socket: {e}"));
-                return;
-            }
-            self.wake_ready = true;
         }
         let mut sock_events = PollFlags::POLLIN;
         if !self.queue.is_empty() {
